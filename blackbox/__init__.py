@@ -1,0 +1,11 @@
+"""blackbox: explain the decisions of any ONNX image classifier, with nothing but ONNX Runtime underneath."""
+
+from .api import explain
+from .errors import BlackboxError
+from .explanation import Explanation
+from .methods import METHODS
+from .model import Model, load
+from .preprocess import PRESETS, Preprocess
+
+__all__ = ["load", "explain", "Model", "Explanation", "Preprocess", "PRESETS", "METHODS", "BlackboxError"]
+__version__ = "0.1.0"

@@ -1,0 +1,67 @@
+"""``blackbox.explain``: one call from a model and an input to an Explanation."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from .errors import ParameterError, TargetError
+from .explanation import Explanation
+from .inputs import from_internal, prepare
+from .methods import METHODS, Context
+from .model import SCORE_SPACES, Model
+
+
+def resolve_target(model: Model, target: int | str | None, x: np.ndarray) -> int:
+    """None -> the top-1 class; an int (or digit string) -> that index; a string -> the label's index."""
+    if target is None:
+        return int(np.argmax(model.scores(x, score="raw")[0]))
+    if isinstance(target, (bool,)):
+        raise TargetError(f"target {target!r} is not a class index or label")
+    if isinstance(target, (int, np.integer)) or (isinstance(target, str) and target.strip().lstrip("-").isdigit()):
+        index = int(target)
+        if not 0 <= index < model.num_classes:
+            raise TargetError(f"target class {index} is out of range: the model has classes 0..{model.num_classes - 1}")
+        return index
+    if isinstance(target, str):
+        if model.labels is None:
+            raise TargetError(f"target {target!r} is a name but the model has no labels; pass --labels or an index")
+        return model.labels.index_of(target)
+    raise TargetError(f"target {target!r} is not a class index or label")
+
+
+def explain(model: Model, x: Any, method: str = "occlusion", *, target: int | str | None = None,
+            score: str | None = None, seed: int | None = 0, progress: bool = False, **params: Any) -> Explanation:
+    """Explain the model's score for ``target`` on ``x`` with ``method``.
+
+    ``x``: an image path, an H x W x C uint8 picture (preprocessed; the heatmap is mapped back onto it), or
+    a float array shaped like one model input (used as is; the heatmap stays in model space).
+    ``score``: "probability", "logit" or "raw" (default: the method's own, see ``METHODS[name]``).
+    ``seed`` fixes every random choice. Method parameters go in ``params``.
+    """
+    if method not in METHODS:
+        raise ParameterError(f"unknown method {method!r}; available: {', '.join(sorted(METHODS))}")
+    spec = METHODS[method]
+    spec.check_params(params)
+    score = score or spec.default_score
+    if score not in SCORE_SPACES:
+        raise ParameterError(f"unknown score {score!r}: use one of {', '.join(SCORE_SPACES)}")
+    sample = prepare(model, x)
+    index = resolve_target(model, target, sample.x)
+    ctx = Context(model=model, sample=sample, target=index, score=score, seed=seed, progress=progress)
+    start = time.perf_counter()
+    result = spec.function(ctx, **params)
+    seconds = time.perf_counter() - start
+    model_heatmap = np.asarray(result.heatmap, dtype=np.float32)
+    if sample.model_space:
+        heatmap, picture = model_heatmap, model.preprocess.display(sample.x)
+    else:
+        heatmap, picture = sample.geometry.to_image(model_heatmap).astype(np.float32), sample.image
+    attributions = from_internal(model, result.attributions) if result.pixel_attributions else result.attributions
+    used = {**spec.parameters(), **params}
+    return Explanation(method=method, target=index, label=model.label(index), target_score=ctx.target_score(),
+                       score=score, attributions=np.asarray(attributions), heatmap=heatmap,
+                       model_heatmap=model_heatmap, image=picture, params=used, n_evals=int(result.n_evals),
+                       seconds=seconds, source=sample.source, notes=list(result.notes), extras=result.extras)

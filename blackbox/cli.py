@@ -1,0 +1,184 @@
+"""The ``blackbox`` command line: info, predict, explain.
+
+User mistakes (BlackboxError) print one line and exit 2; outputs are written only when an item
+succeeded, each file atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import BlackboxError, ParameterError
+
+EXIT_USER_ERROR = 2
+
+
+def _model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="path to the ONNX classifier")
+    parser.add_argument("--preset", help="preprocessing preset: imagenet, caffe, mnist, mnist-normalized, cifar, "
+                                         "none, raw (default: the model's metadata, else none)")
+    parser.add_argument("--labels", help="labels file: one name per line, 'index,name' or ImageNet synset lines")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when it works, else CPU), cpu, cuda, cuda:N")
+    parser.add_argument("--input", dest="input_name", help="name of the image input when there are several")
+    parser.add_argument("--output", dest="output_name", help="name of the class-score output when there are several")
+    parser.add_argument("--output-kind", choices=["logits", "probabilities", "log_probabilities"],
+                        help="what the output holds (default: detected on a probe)")
+    parser.add_argument("--layout", choices=["NCHW", "NHWC", "NHW"], help="input layout when it cannot be detected")
+    parser.add_argument("--batch-size", type=int, help="samples per ONNX Runtime call (default: from a memory budget)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="blackbox", description="Explain the decisions of any ONNX image classifier.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    info = sub.add_parser("info", help="describe a model: input, output, batch, provider, preprocessing, ops")
+    _model_arguments(info)
+
+    predict = sub.add_parser("predict", help="top-k classes for images")
+    _model_arguments(predict)
+    predict.add_argument("images", nargs="+", help="image files")
+    predict.add_argument("--top", type=int, default=5, help="how many classes to show (default 5)")
+
+    explain = sub.add_parser("explain", help="explain the model's decision on images; writes overlay PNG and NPZ")
+    _model_arguments(explain)
+    explain.add_argument("images", nargs="+", help="image files")
+    explain.add_argument("--method", default="occlusion", help="method name (see 'blackbox methods')")
+    explain.add_argument("--target", help="class index or label to explain (default: the top-1 class)")
+    explain.add_argument("--score", choices=["probability", "logit", "raw"], help="score to explain "
+                                                                                 "(default: the method's own)")
+    explain.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                         help="method parameter, repeatable; values are JSON (e.g. window=16, stride=[8,8])")
+    explain.add_argument("--seed", type=int, default=0, help="seed for every random choice (default 0)")
+    explain.add_argument("--out", default="blackbox-out", help="output folder (default blackbox-out)")
+    explain.add_argument("--colormap", help="colour map for the overlay (default jet; diverging for signed maps)")
+
+    sub.add_parser("methods", help="list the available methods and their parameters")
+    return parser
+
+
+def _load(args: argparse.Namespace):
+    from .model import load
+
+    return load(args.model, preprocess=args.preset, labels=args.labels, device=args.device,
+                input_name=args.input_name, output_name=args.output_name, output_kind=args.output_kind,
+                layout=args.layout, batch_size=args.batch_size)
+
+
+def _parse_params(items: Sequence[str]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ParameterError(f"--param {item!r} must look like KEY=VALUE")
+        try:
+            params[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key.strip()] = value
+    return params
+
+
+def _print(args: argparse.Namespace, data: Any, text: str) -> None:
+    print(json.dumps(data, indent=2) if args.json else text)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    model = _load(args)
+    info = model.info()
+    lines = [f"model      {info['path']}  ({info['size_bytes']} bytes, sha256 {info['sha256'][:12]}...)",
+             f"producer   {info['producer'] or '-'}, IR {info['ir_version']}, opset {info['opset']}, {info['precision']}",
+             f"input      {info['input']['name']} {info['input']['dtype']} {info['input']['shape']} "
+             f"{info['input']['layout']}",
+             f"output     {info['output']['name']} {info['output']['dtype']} {info['output']['shape']}: "
+             f"{info['output']['classes']} classes, {info['output']['kind']}",
+             f"batch      {info['batch']} (batch size {info['batch_size']})",
+             f"provider   {info['provider']}",
+             f"preprocess {info['preprocess']['source']}",
+             f"labels     {info['labels']['source'] + ': ' + ', '.join(info['labels']['first']) + ', ...' if info['labels'] else 'none (class indices)'}",
+             "ops        " + ", ".join(f"{k} {v}" for k, v in info["ops"].items())]
+    _print(args, info, "\n".join(lines))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .inputs import prepare
+
+    if args.top < 1:
+        raise ParameterError("--top must be at least 1")
+    model = _load(args)
+    samples = [prepare(model, path) for path in args.images]
+    probs = model.scores(np.stack([s.x for s in samples]), score="probability")
+    results, text = [], []
+    for path, row in zip(args.images, probs):
+        order = np.argsort(-row)[: args.top]
+        top = [{"index": int(i), "label": model.label(int(i)), "probability": float(row[i])} for i in order]
+        results.append({"image": path, "top": top})
+        text.append(path)
+        text += [f"  {t['probability']:.4f}  {t['index']:>5}  {t['label']}" for t in top]
+    _print(args, results, "\n".join(text))
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .api import explain
+    from .methods import METHODS
+
+    if args.method not in METHODS:
+        raise ParameterError(f"unknown method {args.method!r}; available: {', '.join(sorted(METHODS))}")
+    params = _parse_params(args.param)
+    METHODS[args.method].check_params(params)
+    model = _load(args)
+    for path in args.images:  # fail on a bad image before any work or output
+        if not Path(path).is_file():
+            raise BlackboxError(f"image file not found: {path}")
+    explanations = [explain(model, path, args.method, target=args.target, score=args.score, seed=args.seed,
+                            progress=sys.stderr.isatty(), **params) for path in args.images]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    summaries, text = [], []
+    for path, exp in zip(args.images, explanations):
+        stem = f"{Path(path).stem}_{args.method}"
+        png = exp.save_overlay(out / f"{stem}.png", colormap=args.colormap)
+        npz = exp.save_npz(out / f"{stem}.npz")
+        summary = {**exp.summary(), "overlay": str(png), "npz": str(npz)}
+        summaries.append(summary)
+        text.append(f"{path}: {exp.method} for class {exp.target} ({exp.label}), {exp.score} {exp.target_score:.4g}; "
+                    f"{exp.n_evals} evaluations in {exp.seconds:.2f}s -> {png}")
+    _print(args, summaries, "\n".join(text))
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from .methods import METHODS
+
+    for name, spec in sorted(METHODS.items()):
+        params = ", ".join(f"{k}={v!r}" for k, v in spec.parameters().items())
+        print(f"{name:<24} {spec.kind:<13} score={spec.default_score:<12} {spec.summary}")
+        if params:
+            print(f"{'':<24} {params}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handlers = {"info": cmd_info, "predict": cmd_predict, "explain": cmd_explain, "methods": cmd_methods}
+    try:
+        return handlers[args.command](args)
+    except BlackboxError as error:
+        print(f"blackbox: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("blackbox: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""Explanation: what every method returns, and how it is saved (overlay PNG, NPZ, JSON summary)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .image_io import write_png_atomic
+from .render import overlay
+
+
+@dataclass
+class Explanation:
+    """The result of :func:`blackbox.explain`.
+
+    ``attributions`` is the method's raw output (pixel methods: shaped like one model input, in the
+    model's layout); ``heatmap`` is an H x W float32 map in the space of the input you gave (the
+    original picture for images, the model input for model-space tensors); ``model_heatmap`` is the same
+    map at model-input resolution.
+    """
+
+    method: str
+    target: int
+    label: str
+    target_score: float
+    score: str
+    attributions: np.ndarray
+    heatmap: np.ndarray
+    model_heatmap: np.ndarray
+    image: np.ndarray  # RGB uint8 picture the heatmap belongs to (for overlays)
+    params: dict[str, Any]
+    n_evals: int
+    seconds: float
+    source: str = "array"
+    notes: list[str] = field(default_factory=list)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def overlay(self, *, alpha: float = 0.5, colormap: str | None = None) -> np.ndarray:
+        """RGB uint8 picture with the heatmap drawn over it."""
+        return overlay(self.image, self.heatmap, alpha=alpha, colormap=colormap)
+
+    def save_overlay(self, path: str | os.PathLike, *, alpha: float = 0.5, colormap: str | None = None) -> Path:
+        """Write the overlay as a PNG (atomically: a temporary file, then rename)."""
+        write_png_atomic(path, self.overlay(alpha=alpha, colormap=colormap))
+        return Path(path)
+
+    def save_npz(self, path: str | os.PathLike) -> Path:
+        """Write attributions, heatmaps and the summary to an ``.npz`` (atomically)."""
+        path = Path(path)
+        arrays = {"attributions": self.attributions, "heatmap": self.heatmap, "model_heatmap": self.model_heatmap,
+                  "summary": np.array(json.dumps(self.summary()))}
+        for key, value in self.extras.items():
+            if isinstance(value, np.ndarray):
+                arrays[f"extra_{key}"] = value
+        handle, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(handle, "wb") as stream:
+                np.savez_compressed(stream, **arrays)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return path
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-friendly facts about this explanation (no arrays)."""
+        extras = {k: _jsonable(v) for k, v in self.extras.items() if not isinstance(v, np.ndarray)}
+        return {
+            "source": self.source, "method": self.method, "target": int(self.target), "label": self.label,
+            "target_score": float(self.target_score), "score": self.score,
+            "params": {k: _jsonable(v) for k, v in self.params.items()}, "n_evals": int(self.n_evals),
+            "seconds": round(float(self.seconds), 4), "attributions_shape": list(self.attributions.shape),
+            "heatmap_shape": list(self.heatmap.shape), "notes": list(self.notes), **({"extras": extras} if extras else {}),
+        }
+
+    def __repr__(self) -> str:
+        return (f"Explanation(method={self.method!r}, target={self.target} ({self.label}), "
+                f"{self.score}={self.target_score:.4g}, heatmap={self.heatmap.shape}, n_evals={self.n_evals}, "
+                f"seconds={self.seconds:.2f})")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist() if value.size <= 64 else f"array{list(value.shape)}"
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return repr(value)

@@ -1,0 +1,198 @@
+"""Wrap a classifier graph into the graphs blackbox runs: a forward graph and perturbation graphs.
+
+Every graph takes the image in blackbox's internal layout, float32 [N, C, H, W], and converts it to
+what the model wants (layout, dtype) inside ONNX. Perturbation graphs take small masks and build the
+perturbed images on the device:
+
+* ``grid`` masks ``[N, Cm, h, w]`` are resampled with two interpolation matrices,
+  ``Ry @ m @ RxT``. Any separable resampling (bilinear, nearest, RISE's shifted crops with one matrix
+  pair per mask) is a MatMul, which exists in every opset, so the same wrapper works on opset-7 models
+  where ``Resize`` does not exist.
+* ``segments`` masks ``[N, M]`` switch superpixels on and off; ``Gather`` with the segment map spreads
+  them to pixels.
+
+The blend is ``baseline + (x - baseline) * keep``: keep = 1 shows the image, 0 the baseline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from .onnx_utils import const, finish_model, initializer_names
+
+PREFIX = "blackbox/"
+SCORES = PREFIX + "scores"
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """Where the image goes into the model and how it must look there."""
+
+    name: str
+    elem_type: int  # onnx TensorProto type of the model input
+    layout: str  # "NCHW", "NHWC" or "NHW" (rank 3, one channel)
+    channels: int
+    height: int
+    width: int
+
+
+@dataclass(frozen=True)
+class ScoreOutput:
+    """The model output that holds class scores, and what its numbers mean."""
+
+    name: str
+    elem_type: int
+    kind: str  # "logits", "probabilities" or "log_probabilities"
+
+
+@dataclass
+class _Builder:
+    nodes: list = field(default_factory=list)
+    inits: list = field(default_factory=list)
+    count: int = 0
+
+    def name(self, hint: str) -> str:
+        self.count += 1
+        return f"{PREFIX}{hint}_{self.count}"
+
+    def op(self, op_type: str, inputs: list[str], hint: str, output: str | None = None, **attrs) -> str:
+        out = output or self.name(hint)
+        self.nodes.append(helper.make_node(op_type, inputs, [out], name=self.name(op_type), **attrs))
+        return out
+
+    def constant(self, hint: str, array: np.ndarray) -> str:
+        name = self.name(hint)
+        self.inits.append(const(name, array))
+        return name
+
+
+def _to_model_input(b: _Builder, image: str, spec: ImageInput) -> None:
+    """Turn internal float32 [N, C, H, W] into the model's input tensor, named as the model names it."""
+    current = image
+    if spec.layout == "NHWC":
+        current = b.op("Transpose", [current], "nhwc", perm=[0, 2, 3, 1])
+    elif spec.layout == "NHW":
+        shape = b.constant("nhw_shape", np.array([-1, spec.height, spec.width], dtype=np.int64))
+        current = b.op("Reshape", [current, shape], "nhw")
+    if spec.elem_type == TensorProto.UINT8:
+        half = b.constant("half", np.array(0.5, dtype=np.float32))
+        lo = b.constant("lo", np.array(0.0, dtype=np.float32))
+        hi = b.constant("hi", np.array(255.0, dtype=np.float32))
+        current = b.op("Add", [current, half], "round")
+        current = b.op("Max", [current, lo], "clip_lo")
+        current = b.op("Min", [current, hi], "clip_hi")
+    if spec.elem_type == TensorProto.FLOAT:
+        b.op("Identity", [current], "input", output=spec.name)
+    else:
+        b.op("Cast", [current], "input", output=spec.name, to=spec.elem_type)
+
+
+def _score_head(b: _Builder, out: ScoreOutput, score: str) -> str:
+    """Model output -> float32 [N, K] in the requested score space."""
+    flat = b.op("Flatten", [out.name], "flat", axis=1)
+    if out.elem_type != TensorProto.FLOAT:
+        flat = b.op("Cast", [flat], "flat32", to=TensorProto.FLOAT)
+    if score == "raw":
+        return flat
+    if score == "probability":
+        if out.kind == "logits":
+            return b.op("Softmax", [flat], "prob", axis=1)
+        if out.kind == "log_probabilities":
+            return b.op("Exp", [flat], "prob")
+        return flat
+    if score == "logit":
+        if out.kind == "probabilities":
+            tiny = b.constant("tiny", np.array(1e-30, dtype=np.float32))
+            return b.op("Log", [b.op("Max", [flat, tiny], "pos")], "logp")
+        return flat
+    raise ValueError(f"unknown score {score!r}")
+
+
+def _assemble(model: onnx.ModelProto, b: _Builder, spec: ImageInput, inputs: list, outputs: list,
+              constants: dict[str, np.ndarray]) -> onnx.ModelProto:
+    g = model.graph
+    inits = initializer_names(g)
+    extra = [const(name, np.asarray(value)) for name, value in constants.items()]
+    kept_inits = [i for i in g.initializer]
+    graph = helper.make_graph(
+        nodes=b.nodes[: _pre_count(b, spec)] + list(g.node) + b.nodes[_pre_count(b, spec):],
+        name="blackbox_wrapper",
+        inputs=inputs,
+        outputs=outputs,
+        initializer=kept_inits + extra + b.inits,
+    )
+    del inits
+    graph.value_info.extend(g.value_info)
+    graph.sparse_initializer.extend(g.sparse_initializer)
+    return finish_model(model, graph)
+
+
+def _pre_count(b: _Builder, spec: ImageInput) -> int:
+    """Nodes up to and including the one that produces the model's input come before the model."""
+    for i, node in enumerate(b.nodes):
+        if spec.name in node.output:
+            return i + 1
+    raise AssertionError("wrapper lost the model input")
+
+
+def _image_value(name: str, spec: ImageInput, batch: str = "N") -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, [batch, spec.channels, spec.height, spec.width])
+
+
+def forward_graph(model: onnx.ModelProto, spec: ImageInput, out: ScoreOutput,
+                  constants: dict[str, np.ndarray] | None = None, score: str = "raw") -> onnx.ModelProto:
+    """x float32 [N, C, H, W] -> scores float32 [N, K]."""
+    b = _Builder()
+    _to_model_input(b, "x", spec)
+    scores = _score_head(b, out, score)
+    b.op("Identity", [scores], "out", output=SCORES)
+    outputs = [helper.make_tensor_value_info(SCORES, TensorProto.FLOAT, ["N", None])]
+    return _assemble(model, b, spec, [_image_value("x", spec)], outputs, constants or {})
+
+
+def perturbation_graph(model: onnx.ModelProto, spec: ImageInput, out: ScoreOutput, *, mode: str,
+                       score: str, constants: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
+    """Small keep-masks in, the target classes' scores of the blended images out ([N, T] float32).
+
+    Inputs: ``masks``; ``ry`` [H, h] or [N, 1, H, h] and ``rxt`` [w, W] or [N, 1, w, W] (grid mode) or
+    ``segments`` int64 [H, W] (segments mode); ``x`` and ``baseline`` float32 [1, C, H, W];
+    ``targets`` int64 [T].
+    """
+    b = _Builder()
+    H, W, C = spec.height, spec.width, spec.channels
+    inputs = [
+        _image_value("x", spec, batch=1),
+        _image_value("baseline", spec, batch=1),
+        helper.make_tensor_value_info("targets", TensorProto.INT64, ["T"]),
+    ]
+    if mode == "grid":
+        inputs += [
+            helper.make_tensor_value_info("masks", TensorProto.FLOAT, ["N", "Cm", "h", "w"]),
+            helper.make_tensor_value_info("ry", TensorProto.FLOAT, None),
+            helper.make_tensor_value_info("rxt", TensorProto.FLOAT, None),
+        ]
+        rows = b.op("MatMul", ["ry", "masks"], "rows")
+        keep = b.op("MatMul", [rows, "rxt"], "keep")
+    elif mode == "segments":
+        inputs += [
+            helper.make_tensor_value_info("masks", TensorProto.FLOAT, ["N", "M"]),
+            helper.make_tensor_value_info("segments", TensorProto.INT64, [H, W]),
+        ]
+        spread = b.op("Gather", ["masks", "segments"], "spread", axis=1)
+        shape = b.constant("keep_shape", np.array([-1, 1, H, W], dtype=np.int64))
+        keep = b.op("Reshape", [spread, shape], "keep")
+    else:
+        raise ValueError(f"unknown mask mode {mode!r}")
+    diff = b.op("Sub", ["x", "baseline"], "diff")
+    scaled = b.op("Mul", [diff, keep], "scaled")
+    blended = b.op("Add", ["baseline", scaled], "blended")
+    _to_model_input(b, blended, spec)
+    scores = _score_head(b, out, score)
+    b.op("Gather", [scores, "targets"], "target_scores", output=SCORES, axis=1)
+    outputs = [helper.make_tensor_value_info(SCORES, TensorProto.FLOAT, ["N", "T"])]
+    del C
+    return _assemble(model, b, spec, inputs, outputs, constants or {})

@@ -1,0 +1,104 @@
+"""Occlusion (Zeiler & Fergus 2014) with Captum's semantics.
+
+A window (channels x height x width) slides with a stride; window k starts at k * stride and is cut at
+the border, with ceil((D - w) / s) + 1 positions per axis. Each occluded input is
+``x * (1 - m) + baseline * m``; the attribution of a pixel is the mean, over the windows covering it, of
+``f(x) - f(occluded)``.
+
+Windows are evaluated as block masks on a grid of cell size gcd(window, stride), so only a few numbers
+per evaluation cross into ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..baselines import make_baseline
+from ..errors import ParameterError
+from ..masks import block_matrix
+from .base import Context, Result, register
+
+
+def _triple(value, name: str, channels: int, default_hw: tuple[int, int]) -> tuple[int, int, int]:
+    """Accept an int (square window over all channels), (h, w) or (c, h, w) like Captum."""
+    if value is None:
+        return channels, default_hw[0], default_hw[1]
+    if isinstance(value, (int, np.integer)):
+        return channels, int(value), int(value)
+    values = tuple(int(v) for v in value)
+    if len(values) == 2:
+        return (channels,) + values
+    if len(values) == 3:
+        return values
+    raise ParameterError(f"{name} must be an int, (height, width) or (channels, height, width); got {value!r}")
+
+
+def positions(size: int, window: int, stride: int) -> int:
+    """Number of window positions along one axis, as Captum counts them."""
+    return int(math.ceil((size - window) / stride)) + 1
+
+
+def window_cells(size: int, window: int, stride: int, cell: int) -> np.ndarray:
+    """[positions, cells] 0/1 matrix: which grid cells each window position covers (cut at the border)."""
+    n_cells = int(math.ceil(size / cell))
+    count = positions(size, window, stride)
+    out = np.zeros((count, n_cells), np.float32)
+    for k in range(count):
+        start, stop = k * stride, min(k * stride + window, size)
+        out[k, start // cell: int(math.ceil(stop / cell))] = 1.0
+    return out
+
+
+@register("occlusion", default_score="logit", kind="perturbation",
+          summary="slide a window over the image; score drop when it is hidden (Captum semantics)")
+def occlusion(ctx: Context, *, window=None, stride=None, baseline="mean") -> Result:
+    """``window``/``stride``: int, (h, w) or (c, h, w) like Captum's ``sliding_window_shapes``/``strides``.
+    Default window 1/8 of the image side, stride half a window. ``baseline``: a number (model space, as
+    Captum), 'zeros', 'mean', 'blur', 'black', 'white', 'gray', an (r, g, b) colour or an array. Default
+    'mean' (the image's mean colour): Captum's 0 means black for models fed 0..1 pixels, an unnatural
+    patch that can itself raise a score; pass ``baseline=0`` to match Captum exactly.
+    Default score: logit (hiding a patch rarely moves a saturated probability; for logit models this is
+    the raw output Captum explains)."""
+    channels, height, width = ctx.shape
+    default = (max(1, round(height / 8)), max(1, round(width / 8)))
+    win = _triple(window, "window", channels, default)
+    if stride is None:
+        step = (win[0], max(1, win[1] // 2), max(1, win[2] // 2))
+    else:
+        step = _triple(stride, "stride", win[0], (1, 1))
+    for axis, (w, s, size) in enumerate(zip(win, step, (channels, height, width))):
+        label = ("channels", "height", "width")[axis]
+        if w < 1 or w > size:
+            raise ParameterError(f"window {label} {w} must be between 1 and the input {label} {size}")
+        if s < 1:
+            raise ParameterError(f"stride {label} must be at least 1, got {s}")
+        if s > w and w != size:
+            raise ParameterError(f"stride {label} {s} is larger than the window {label} {w}: pixels would be skipped")
+    cells = [math.gcd(w, s) if w != size else w for w, s in zip(win, step)]
+    per_axis = [window_cells(size, w, s, c) for size, w, s, c in zip((channels, height, width), win, step, cells)]
+    pc, ph, pw = (a.shape[0] for a in per_axis)
+    # window masks in cell space: [K, Cc, h, w]
+    windows = np.einsum("ac,bh,dw->abdchw", *per_axis).reshape(pc * ph * pw, *(a.shape[1] for a in per_axis))
+    base = make_baseline(ctx.model, ctx.sample, baseline)
+    # one mask channel hides all channels at once; several are spread to the channels they cover
+    masks = windows if windows.shape[1] == 1 else windows[:, np.arange(channels) // cells[0]]
+    ry = block_matrix(windows.shape[2], height, cells[1])
+    rx = block_matrix(windows.shape[3], width, cells[2])
+    with ctx.bar(len(masks) + 1, "occlusion") as bar:
+        full = ctx.model.score_masks(ctx.x, np.ones((1, 1, 1, 1), np.float32), baseline=base, targets=[ctx.target],
+                                     score=ctx.score, ry=np.ones((height, 1), np.float32),
+                                     rx=np.ones((width, 1), np.float32))[0, 0]
+        bar.update(1)
+        occluded = ctx.model.score_masks(ctx.x, 1.0 - masks, baseline=base, targets=[ctx.target], score=ctx.score,
+                                         ry=ry, rx=rx, progress=bar.update)[:, 0]
+    diffs = (full - occluded).astype(np.float64)
+    total = np.einsum("k,kchw->chw", diffs, masks.astype(np.float64))
+    count = masks.sum(axis=0, dtype=np.float64)
+    cell_attr = total / np.maximum(count, 1.0)
+    attributions = (ry @ cell_attr @ rx.T).astype(np.float32)
+    if attributions.shape[0] != channels:
+        attributions = np.broadcast_to(attributions, (channels, height, width)).copy()
+    return Result(attributions=attributions, heatmap=attributions.sum(axis=0), n_evals=len(masks) + 1,
+                  extras={"window": list(win), "stride": list(step)})

@@ -1,0 +1,55 @@
+"""Colour maps and overlays: turn a heatmap into something a person can look at."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from .errors import ParameterError
+
+_COLORMAPS = {"jet": cv2.COLORMAP_JET, "turbo": cv2.COLORMAP_TURBO, "inferno": cv2.COLORMAP_INFERNO,
+              "viridis": cv2.COLORMAP_VIRIDIS, "magma": cv2.COLORMAP_MAGMA, "hot": cv2.COLORMAP_HOT}
+
+
+def _diverging_lut() -> np.ndarray:
+    """Blue (negative) - white (zero) - red (positive), 256 RGB entries, for signed attributions."""
+    t = np.linspace(-1.0, 1.0, 256)[:, None]
+    blue, white, red = np.array([59, 76, 192.0]), np.array([247, 247, 247.0]), np.array([180, 4, 38.0])
+    lut = np.where(t < 0, white + (blue - white) * (-t), white + (red - white) * t)
+    return lut.astype(np.uint8)
+
+
+def normalise(heatmap: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Map to [0, 1] (non-negative maps: by max) or [-1, 1] (signed maps: by max |value|)."""
+    h = np.nan_to_num(np.asarray(heatmap, dtype=np.float32))
+    signed = bool(h.min() < -1e-12 * max(1.0, float(np.abs(h).max())))
+    scale = float(np.abs(h).max()) if signed else float(h.max() - min(h.min(), 0.0))
+    if scale <= 0:
+        return np.zeros_like(h), signed
+    return (h / scale if signed else (h - min(h.min(), 0.0)) / scale), signed
+
+
+def colorize(heatmap: np.ndarray, colormap: str | None = None) -> np.ndarray:
+    """H x W float -> H x W x 3 RGB uint8. Signed maps get a diverging map unless one is named."""
+    norm, signed = normalise(heatmap)
+    if colormap is None and signed:
+        index = np.clip(np.round((norm + 1.0) * 127.5), 0, 255).astype(np.uint8)
+        return _diverging_lut()[index]
+    name = (colormap or "jet").lower()
+    if name not in _COLORMAPS:
+        raise ParameterError(f"unknown colormap {colormap!r}: use one of {', '.join(sorted(_COLORMAPS))}")
+    index = np.clip(np.round(np.abs(norm) * 255), 0, 255).astype(np.uint8)
+    return cv2.cvtColor(cv2.applyColorMap(index, _COLORMAPS[name]), cv2.COLOR_BGR2RGB)
+
+
+def overlay(image: np.ndarray, heatmap: np.ndarray, *, alpha: float = 0.5, colormap: str | None = None) -> np.ndarray:
+    """Blend the coloured heatmap over an RGB picture of the same height and width."""
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    if heatmap.shape[:2] != image.shape[:2]:
+        heatmap = cv2.resize(np.asarray(heatmap, np.float32), (image.shape[1], image.shape[0]),
+                             interpolation=cv2.INTER_LINEAR)
+    colours = colorize(heatmap, colormap).astype(np.float32)
+    blended = (1.0 - alpha) * image[..., :3].astype(np.float32) + alpha * colours
+    return np.clip(np.round(blended), 0, 255).astype(np.uint8)

@@ -1,0 +1,147 @@
+"""ONNX Runtime plumbing: which provider really works, sessions, batch sizes, back-off on OOM.
+
+Everything device-specific lives here so that methods only ever see NumPy arrays.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import onnx
+
+from .errors import ParameterError
+
+# Import quietly: ORT prints provider warnings at import and session creation on CPU-only machines.
+os.environ.setdefault("ORT_LOGGING_LEVEL", "3")
+import onnxruntime as ort  # noqa: E402
+
+ort.set_default_logger_severity(3)
+
+_OOM = re.compile(r"(out of memory|failed to allocate|bad_alloc|cudaErrorMemoryAllocation)", re.I)
+
+
+@dataclass(frozen=True)
+class Device:
+    """The provider a session runs on, as resolved from the user's ``device`` string."""
+
+    kind: str  # "cpu" or "cuda"
+    index: int = 0
+
+    @property
+    def providers(self) -> list:
+        if self.kind == "cuda":
+            return [("CUDAExecutionProvider", {"device_id": self.index}), "CPUExecutionProvider"]
+        return ["CPUExecutionProvider"]
+
+    def __str__(self) -> str:
+        return "CPUExecutionProvider" if self.kind == "cpu" else f"CUDAExecutionProvider (device {self.index})"
+
+
+def _tiny_model() -> bytes:
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("Relu", ["x"], ["y"])
+    graph = helper.make_graph([node], "probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_works(index: int = 0) -> bool:
+    """True only when a CUDA session really initialises (the GPU wheel lists CUDA even without a GPU)."""
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return False
+    ort.set_default_logger_severity(4)  # a failed CUDA load logs at ERROR level; this is an expected answer
+    try:
+        options = _session_options()
+        options.log_severity_level = 4
+        sess = ort.InferenceSession(_tiny_model(), options, providers=Device("cuda", index).providers)
+        return "CUDAExecutionProvider" in sess.get_providers()
+    except Exception:  # noqa: BLE001 - any failure means "no CUDA here"
+        return False
+    finally:
+        ort.set_default_logger_severity(3)
+
+
+def resolve_device(device: str | None) -> Device:
+    """'auto' -> CUDA when it really works, else CPU; 'cpu'; 'cuda'; 'cuda:1'."""
+    text = (device or "auto").strip().lower()
+    if text == "auto":
+        return Device("cuda", 0) if cuda_works(0) else Device("cpu")
+    if text == "cpu":
+        return Device("cpu")
+    match = re.fullmatch(r"(cuda|gpu)(?::(\d+))?", text)
+    if match:
+        index = int(match.group(2) or 0)
+        if not cuda_works(index):
+            raise ParameterError(f"device {device!r}: CUDA is not usable here (no GPU, driver or CUDA libraries); "
+                                 "use --device cpu or auto")
+        return Device("cuda", index)
+    raise ParameterError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N")
+
+
+def _session_options() -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return options
+
+
+def make_session(model: onnx.ModelProto, device: Device) -> ort.InferenceSession:
+    return ort.InferenceSession(model.SerializeToString(), _session_options(), providers=device.providers)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    return bool(_OOM.search(str(error)))
+
+
+class Runner:
+    """Runs one session over many samples in batches, halving the batch on allocation failure.
+
+    ``fixed`` inputs (image, baseline, targets, matrices shared by all samples) are bound once per
+    call; ``batched`` inputs are split along axis 0. On CUDA the fixed inputs live on the device.
+    """
+
+    def __init__(self, session: ort.InferenceSession, device: Device, batch_size: int, output: str):
+        self.session = session
+        self.device = device
+        self.batch_size = max(1, int(batch_size))
+        self.output = output
+
+    def run(self, fixed: dict[str, np.ndarray], batched: dict[str, np.ndarray],
+            progress: Callable[[int], None] | None = None) -> np.ndarray:
+        n = len(next(iter(batched.values())))
+        binding = self.session.io_binding()
+        device_type = "cuda" if self.device.kind == "cuda" else "cpu"
+        fixed_values = {k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v), device_type, self.device.index)
+                        for k, v in fixed.items()}
+        for name, value in fixed_values.items():
+            binding.bind_ortvalue_input(name, value)
+        results = []
+        start = 0
+        while start < n:
+            stop = min(n, start + self.batch_size)
+            try:
+                for name, array in batched.items():
+                    chunk = np.ascontiguousarray(array[start:stop])
+                    binding.bind_ortvalue_input(
+                        name, ort.OrtValue.ortvalue_from_numpy(chunk, device_type, self.device.index))
+                binding.bind_output(self.output, "cpu")
+                self.session.run_with_iobinding(binding)
+                results.append(binding.copy_outputs_to_cpu()[0])
+            except Exception as error:  # noqa: BLE001
+                if is_out_of_memory(error) and self.batch_size > 1:
+                    self.batch_size //= 2
+                    continue
+                raise
+            if progress is not None:
+                progress(stop - start)
+            start = stop
+        return np.concatenate(results, axis=0) if results else np.zeros((0,), np.float32)
