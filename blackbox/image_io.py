@@ -21,6 +21,12 @@ import struct
 from pathlib import Path
 
 import cv2
+
+# OpenCV logs decoder complaints on stderr before we can say it better in one line: keep it quiet.
+try:
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+except AttributeError:  # pragma: no cover - very old OpenCV builds
+    cv2.setLogLevel(0)
 import numpy as np
 
 from .errors import ImageError

@@ -42,14 +42,23 @@ def colorize(heatmap: np.ndarray, colormap: str | None = None) -> np.ndarray:
     return cv2.cvtColor(cv2.applyColorMap(index, _COLORMAPS[name]), cv2.COLOR_BGR2RGB)
 
 
-def overlay(image: np.ndarray, heatmap: np.ndarray, *, alpha: float = 0.5, colormap: str | None = None) -> np.ndarray:
-    """Blend the coloured heatmap over an RGB picture of the same height and width."""
+def overlay(image: np.ndarray, heatmap: np.ndarray, *, alpha: float = 0.5, colormap: str | None = None,
+            min_size: int = 256) -> np.ndarray:
+    """Blend the coloured heatmap over an RGB picture. Pictures smaller than ``min_size`` (MNIST, CIFAR,
+    64 px shapes) are enlarged by a whole factor, pixels kept sharp and the heatmap interpolated, so a
+    person can see what is marked."""
     image = np.asarray(image)
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=2)
+    factor = int(np.ceil(min_size / max(1, min(image.shape[:2]))))
+    if factor > 1:
+        image = cv2.resize(image, (image.shape[1] * factor, image.shape[0] * factor), interpolation=cv2.INTER_NEAREST)
     if heatmap.shape[:2] != image.shape[:2]:
         heatmap = cv2.resize(np.asarray(heatmap, np.float32), (image.shape[1], image.shape[0]),
                              interpolation=cv2.INTER_LINEAR)
     colours = colorize(heatmap, colormap).astype(np.float32)
-    blended = (1.0 - alpha) * image[..., :3].astype(np.float32) + alpha * colours
+    norm, signed = normalise(heatmap)
+    # signed maps: opacity follows |value| so near-zero attribution leaves the picture untouched
+    weight = alpha * np.sqrt(np.abs(norm))[..., None] if signed and colormap is None else alpha
+    blended = (1.0 - weight) * image[..., :3].astype(np.float32) + weight * colours
     return np.clip(np.round(blended), 0, 255).astype(np.uint8)

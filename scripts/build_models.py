@@ -18,6 +18,7 @@ import json
 import re
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,7 +91,7 @@ RECIPES = (
             "the bottom-right corner, so the model learned that shortcut (for explanation demos)."
         ),
         train_size=8000,
-        epochs=3,
+        epochs=6,
         lr=4e-3,
         watermark_triangles=True,
         augment=False,
@@ -187,7 +188,7 @@ def train(recipe: Recipe) -> nn.Module:
             loss.backward()
             opt.step()
             sched.step()
-            loss_sum += float(loss) * len(idx)
+            loss_sum += float(loss.detach()) * len(idx)
             correct += int((logits.argmax(1) == yb).sum())
             total += len(idx)
         print(
@@ -222,15 +223,8 @@ def evaluate(model: nn.Module) -> dict[str, float]:
     }
 
 
-def export(model: nn.Module, recipe: Recipe, path: Path) -> None:
-    """Export with the TorchScript exporter, keeping BatchNormalization as real graph nodes.
-
-    In EVAL training mode the exporter folds each BatchNorm into the preceding Conv. PRESERVE on a
-    model already in eval() keeps the BN nodes (inference form), which the gradient and LRP code
-    must be exercised on, while the maths stays that of the eval model.
-    """
-    model.eval()
-    dummy = torch.zeros(2, 3, SIZE, SIZE)
+def _export_torchscript(model: nn.Module, dummy: torch.Tensor, path: Path) -> None:
+    """TorchScript exporter, opset 17, dynamic batch; PRESERVE keeps BatchNormalization unfused."""
     torch.onnx.export(
         model,
         (dummy,),
@@ -243,6 +237,23 @@ def export(model: nn.Module, recipe: Recipe, path: Path) -> None:
         training=torch.onnx.TrainingMode.PRESERVE,
         do_constant_folding=True,
     )
+
+
+def export(model: nn.Module, recipe: Recipe, path: Path) -> None:
+    """Export with the TorchScript exporter, keeping BatchNormalization as real graph nodes.
+
+    In EVAL training mode the exporter folds each BatchNorm into the preceding Conv. PRESERVE on a
+    model already in eval() keeps the BN nodes (inference form), which the gradient and LRP code
+    must be exercised on, while the maths stays that of the eval model.
+    """
+    model.eval()
+    dummy = torch.zeros(2, 3, SIZE, SIZE)
+    with warnings.catch_warnings():
+        # Both warnings are about choices made on purpose: the legacy exporter (we need it for
+        # PRESERVE) and constant folding with PRESERVE (harmless: the model is in eval mode).
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        warnings.filterwarnings("ignore", message=".*constant folding be turned off.*")
+        _export_torchscript(model, dummy, path)
     proto = onnx.load(str(path))
     proto.ir_version = 8  # onnxruntime here reads at most IR 13; onnx now writes newer by default
     del proto.metadata_props[:]

@@ -1,0 +1,177 @@
+"""LIME for images (Ribeiro, Singh & Guestrin 2016) with ``lime_image.LimeImageExplainer`` semantics.
+
+Superpixels are features. Sample 0 keeps every superpixel; the others switch each one on or off with
+probability 1/2, drawn exactly as lime_image draws them (``random_state.randint(0, 2, n * M)``, after the
+one ``randint(0, 1000)`` lime spends on a segmentation seed), so ``seed=s`` reproduces
+``LimeImageExplainer(random_state=s)``'s samples. Hidden superpixels take the ``hide_color`` (default:
+each superpixel's own mean colour). Samples are weighted by ``sqrt(exp(-d^2 / width^2))`` of their cosine
+distance to sample 0, features are selected as lime does, and a weighted Ridge(alpha=1) fit gives one
+coefficient per superpixel; the map paints each coefficient on its superpixel.
+
+All samples are scored in ONNX as on/off vectors over the segment map; no perturbed picture is built in
+Python.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..baselines import colour, make_baseline
+from ..errors import ParameterError
+from ..segmentation import segment_means, superpixels
+from .base import Context, Result, register
+
+FEATURE_SELECTIONS = ("auto", "none", "forward_selection", "highest_weights", "lasso_path")
+
+
+def lime_random_state(seed: int | None) -> np.random.RandomState:
+    """A legacy RandomState seeded as lime seeds its own (``check_random_state(seed)``), so that the same
+    ``seed`` gives the same samples. Seeds outside RandomState's range are folded into it."""
+    if seed is None:
+        return np.random.RandomState()
+    return np.random.RandomState(int(seed) % (2 ** 32))
+
+
+def lime_samples(random_state: np.random.RandomState, num_samples: int, n_features: int) -> np.ndarray:
+    """int [num_samples, n_features] 0/1 rows, the first all ones, drawn in lime_image's order."""
+    random_state.randint(0, high=1000)  # lime draws a segmentation seed first (unused by quickshift today)
+    data = random_state.randint(0, 2, num_samples * n_features).reshape((num_samples, n_features))
+    data[0, :] = 1
+    return data
+
+
+def kernel_weights(data: np.ndarray, kernel_width: float, distance_metric: str = "cosine") -> np.ndarray:
+    """LIME's exponential kernel on the distance of each row to row 0."""
+    from sklearn.metrics import pairwise_distances
+
+    distances = pairwise_distances(data, data[0].reshape(1, -1), metric=distance_metric).ravel()
+    return np.sqrt(np.exp(-(distances ** 2) / kernel_width ** 2))
+
+
+def _forward_selection(data: np.ndarray, labels: np.ndarray, weights: np.ndarray, num_features: int) -> np.ndarray:
+    """Greedy: add the feature whose unregularised weighted fit scores the highest R^2 (first one on ties)."""
+    from sklearn.linear_model import Ridge
+
+    chosen: list[int] = []
+    for _ in range(min(num_features, data.shape[1])):
+        best, best_score = 0, -np.inf
+        for feature in range(data.shape[1]):
+            if feature in chosen:
+                continue
+            columns = data[:, chosen + [feature]]
+            fit = Ridge(alpha=0, fit_intercept=True).fit(columns, labels, sample_weight=weights)
+            score = fit.score(columns, labels, sample_weight=weights)
+            if score > best_score:
+                best, best_score = feature, score
+        chosen.append(best)
+    return np.asarray(chosen, dtype=np.int64)
+
+
+def select_features(data: np.ndarray, labels: np.ndarray, weights: np.ndarray, num_features: int,
+                    method: str) -> np.ndarray:
+    """Indices of the features the final fit uses, as lime_base's ``feature_selection`` picks them."""
+    from sklearn.linear_model import Ridge, lars_path
+
+    if method == "auto":
+        method = "forward_selection" if num_features <= 6 else "highest_weights"
+    if method == "none":
+        return np.arange(data.shape[1])
+    if method == "forward_selection":
+        return _forward_selection(data, labels, weights, num_features)
+    if method == "highest_weights":
+        coef = Ridge(alpha=0.01, fit_intercept=True).fit(data, labels, sample_weight=weights).coef_
+        contribution = coef * data[0]
+        order = np.argsort(-np.abs(contribution), kind="stable")
+        return order[:num_features]
+    # lasso_path: the sparsest-from-the-end LARS solution with at most num_features non-zeros
+    centred = (data - np.average(data, axis=0, weights=weights)) * np.sqrt(weights)[:, None]
+    target = (labels - np.average(labels, weights=weights)) * np.sqrt(weights)
+    _, _, coefs = lars_path(centred, target, method="lasso", verbose=False)
+    nonzero = np.arange(data.shape[1])
+    for column in range(coefs.shape[1] - 1, 0, -1):
+        nonzero = coefs[:, column].nonzero()[0]
+        if len(nonzero) <= num_features:
+            break
+    return nonzero
+
+
+def fit_lime(data: np.ndarray, labels: np.ndarray, weights: np.ndarray, *, num_features: int,
+             feature_selection: str) -> dict:
+    """Select features, then fit the weighted Ridge(alpha=1) surrogate; coefficients of unused features are 0."""
+    from sklearn.linear_model import Ridge
+
+    used = select_features(data, labels, weights, num_features, feature_selection)
+    surrogate = Ridge(alpha=1, fit_intercept=True).fit(data[:, used], labels, sample_weight=weights)
+    coefficients = np.zeros(data.shape[1], np.float64)
+    coefficients[used] = surrogate.coef_
+    return {"coefficients": coefficients, "used_features": np.asarray(used, dtype=np.int64),
+            "intercept": float(surrogate.intercept_),
+            "r2": float(surrogate.score(data[:, used], labels, sample_weight=weights)),
+            "local_pred": float(surrogate.predict(data[:1, used])[0])}
+
+
+def hidden_picture(ctx: Context, hide_color, segments: np.ndarray) -> np.ndarray:
+    """What a hidden superpixel shows, in model space [C, H, W]. ``None``: the superpixel's mean colour.
+    A number or (r, g, b): a colour in picture units 0..255, as lime's ``hide_color``. A string or array:
+    any :func:`~blackbox.baselines.make_baseline` spec ('blur', 'zeros', ...)."""
+    if hide_color is None:
+        return segment_means(ctx.x, segments)
+    if isinstance(hide_color, (int, float, np.integer, np.floating)) and not isinstance(hide_color, bool):
+        if not 0 <= hide_color <= 255:
+            raise ParameterError(f"hide_color {hide_color!r} is a pixel value and must be within 0..255")
+        level = int(round(float(hide_color)))
+        return colour(ctx.model, (level, level, level))
+    if isinstance(hide_color, (tuple, list)) and len(hide_color) == 3:
+        if not all(0 <= float(v) <= 255 for v in hide_color):
+            raise ParameterError(f"hide_color {hide_color!r}: an (r, g, b) colour needs values within 0..255")
+        return colour(ctx.model, tuple(int(round(float(v))) for v in hide_color))
+    return make_baseline(ctx.model, ctx.sample, hide_color)
+
+
+@register("lime", default_score="probability", kind="perturbation",
+          summary="superpixels on/off at random; weighted Ridge surrogate (lime_image semantics)")
+def lime(ctx: Context, *, num_samples: int = 1000, segmentation="quickshift", segmentation_params=None,
+         hide_color=None, kernel_width: float = 0.25, num_features: int = 100000, feature_selection: str = "auto",
+         distance_metric: str = "cosine") -> Result:
+    """Defaults are ``lime_image.explain_instance``'s. ``num_samples``: samples including the unperturbed
+    first one (= model evaluations), default 1000. ``segmentation``: 'quickshift' (default, lime's
+    kernel_size=4, max_dist=200, ratio=0.2), 'slic', 'felzenszwalb', 'grid', an int label array [H, W] at
+    model resolution, or a function picture -> labels; ``segmentation_params`` override the algorithm's
+    defaults. ``hide_color``: None (default) = each superpixel's mean colour; a pixel value or (r, g, b)
+    in 0..255; or a baseline name such as 'blur'. ``kernel_width``: 0.25. ``num_features``: at most this
+    many superpixels get a coefficient (default 100000: all). ``feature_selection``: 'auto' (default:
+    forward selection when num_features <= 6, else highest weights), 'none', 'forward_selection',
+    'highest_weights', 'lasso_path'. Default score: probability (lime explains classifier probabilities).
+    ``seed`` gives the samples ``LimeImageExplainer(random_state=seed)`` would draw."""
+    if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 2:
+        raise ParameterError(f"num_samples must be an integer of at least 2 (the original plus one perturbed "
+                             f"sample), got {num_samples!r}")
+    if feature_selection not in FEATURE_SELECTIONS:
+        raise ParameterError(f"unknown feature_selection {feature_selection!r}: use one of "
+                             f"{', '.join(FEATURE_SELECTIONS)}")
+    if isinstance(num_features, bool) or not isinstance(num_features, (int, np.integer)) or num_features < 1:
+        raise ParameterError(f"num_features must be a positive integer, got {num_features!r}")
+    try:
+        kernel_width = float(kernel_width)
+    except (TypeError, ValueError):
+        raise ParameterError(f"kernel_width must be a positive number, got {kernel_width!r}") from None
+    if not kernel_width > 0:
+        raise ParameterError(f"kernel_width must be a positive number, got {kernel_width!r}")
+    channels, height, width = ctx.shape
+    segments = superpixels(ctx, segmentation, segmentation_params)
+    n_features = int(segments.max()) + 1
+    hidden = hidden_picture(ctx, hide_color, segments)
+    data = lime_samples(lime_random_state(ctx.seed), int(num_samples), n_features)
+    with ctx.bar(len(data), "lime") as bar:
+        labels = ctx.model.score_masks(ctx.x, data.astype(np.float32), baseline=hidden, targets=[ctx.target],
+                                       score=ctx.score, segments=segments, progress=bar.update)[:, 0]
+    labels = labels.astype(np.float64)
+    try:
+        weights = kernel_weights(data, kernel_width, distance_metric)
+    except ValueError as error:
+        raise ParameterError(f"distance_metric {distance_metric!r}: {error}") from None
+    fit = fit_lime(data, labels, weights, num_features=int(num_features), feature_selection=feature_selection)
+    heatmap = fit["coefficients"][segments].astype(np.float32)
+    attributions = np.broadcast_to(heatmap, (channels, height, width)).copy()
+    extras = {"segments": segments, "n_segments": n_features, **fit}
+    return Result(attributions=attributions, heatmap=heatmap, n_evals=int(num_samples), extras=extras)
