@@ -61,7 +61,46 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--colormap", help="colour map for the overlay (default jet; diverging for signed maps)")
 
     sub.add_parser("methods", help="list the available methods and their parameters")
+    _report_arguments(sub)
     return parser
+
+
+def _report_arguments(sub) -> None:
+    """``blackbox report``: many images x methods -> overlays, NPZ, results.csv/json, index.html."""
+    report = sub.add_parser(
+        "report", help="explain many images with several methods; metrics and a self-contained HTML page",
+        description="Explain every INPUT with every method, score the maps (deletion/insertion, pointing game, "
+                    "sanity checks) and write DIR/index.html, results.csv, results.json and per-item overlay PNG "
+                    "and NPZ files. Exit code 0 when every item succeeded, 1 when any failed (the others are "
+                    "still written), 2 for a user error (bad model, no inputs, unknown method).")
+    _model_arguments(report)
+    report.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="image files, folders (recursive), globs or .txt files listing paths")
+    report.add_argument("--methods", default="occlusion",
+                        help="comma-separated method names, or 'all' (default occlusion; see 'blackbox methods')")
+    report.add_argument("--out", default="blackbox-report", help="output folder (default blackbox-report)")
+    report.add_argument("--target", help="class index or label to explain for every image (default: top-1; "
+                                         "a target column in --targets-csv wins)")
+    report.add_argument("--score", choices=["probability", "logit", "raw"],
+                        help="score to explain (default: each method's own)")
+    report.add_argument("--seed", type=int, default=0, help="seed for every random choice (default 0)")
+    report.add_argument("--param", action="append", default=[], metavar="METHOD.KEY=VALUE",
+                        help="method parameter, repeatable; values are JSON (e.g. rise.n_masks=2000)")
+    report.add_argument("--metrics", help="comma-separated: deletion, insertion, pointing, sanity (default "
+                                          "deletion,insertion, plus pointing for images with a truth mask or box)")
+    report.add_argument("--targets-csv", help="CSV with columns image, and optionally target, y0,x0,y1,x1 "
+                                              "(a truth box in picture pixels) and mask (a truth mask file)")
+    report.add_argument("--resume", action="store_true",
+                        help="skip items already finished with the same settings (after an interruption)")
+    report.add_argument("--top", type=int, default=5, help="top-k predictions to record (default 5)")
+    report.add_argument("--step", type=int, help="pixels per deletion/insertion step (default H*W/224)")
+    report.add_argument("--tolerance", type=float, default=15.0,
+                        help="pointing game tolerance in model-input pixels (default 15)")
+    report.add_argument("--sanity-mode", choices=["cascading", "independent"], default="cascading",
+                        help="parameter randomisation mode for --metrics sanity (default cascading)")
+    report.add_argument("--sanity-layers", type=int, default=5,
+                        help="how many layers (from the output) to randomise for --metrics sanity (default 5)")
+    report.add_argument("--colormap", help="colour map for the overlays (default jet; diverging for signed maps)")
 
 
 def _load(args: argparse.Namespace):
@@ -166,10 +205,71 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Exit 0 when every item succeeded, 1 when any failed (recorded in the results), 2 for user errors."""
+    from .report import (ReportConfig, expand_inputs, parse_method_params, parse_methods, parse_metrics,
+                         run_report)
+
+    methods = parse_methods(args.methods)
+    params = parse_method_params(args.param, methods)
+    metrics = parse_metrics(args.metrics)
+    if args.top < 1:
+        raise ParameterError("--top must be at least 1")
+    if args.sanity_layers is not None and args.sanity_layers < 1:
+        raise ParameterError("--sanity-layers must be at least 1")
+    entries = expand_inputs(args.inputs)
+    if not entries:
+        raise ParameterError("no input images: give image files, folders, globs or a .txt list")
+    model = _load(args)
+    options = {k: getattr(args, k) for k in ("model", "preset", "labels", "device", "input_name", "output_name",
+                                             "output_kind", "layout", "batch_size")}
+    config = ReportConfig(out=args.out, methods=methods, params=params, target=args.target, score=args.score,
+                          seed=args.seed, metrics=metrics, targets_csv=args.targets_csv, resume=args.resume,
+                          top=args.top, step=args.step, tolerance=args.tolerance, sanity_mode=args.sanity_mode,
+                          sanity_layers=args.sanity_layers, colormap=args.colormap,
+                          command=_report_command(args, methods),
+                          model_options=options)
+    summary = run_report(model, entries, config)
+    data = {"out": str(summary.out), "ok": summary.ok, "failed": summary.failed, "methods": summary.methods,
+            "index": str(summary.out / "index.html")}
+    lines = [f"{summary.ok} ok, {summary.failed} failed -> {summary.out / 'index.html'}"]
+    for name, m in summary.methods.items():
+        parts = [f"{k} {v:.4f}" for k, v in m.items() if k in ("deletion_auc", "insertion_auc", "pointing_mask",
+                                                              "share_mask", "pointing_box", "share_box")
+                 and v is not None]
+        lines.append(f"  {name:<24} {m['ok']}/{m['items']} ok  " + "  ".join(parts))
+    for record in summary.records:
+        if record.get("status") != "ok":
+            lines.append(f"  failed: {record.get('image')} [{record.get('method')}]: {record.get('error')}")
+    _print(args, data, "\n".join(lines))
+    return 0 if summary.failed == 0 else 1
+
+
+def _report_command(args: argparse.Namespace, methods: Sequence[str]) -> list[str]:
+    """The command line that reproduces this run, rebuilt from the parsed options (without --resume)."""
+    command = ["blackbox", "report", args.model, *args.inputs, "--methods", ",".join(methods), "--out", args.out]
+    options = [("--preset", args.preset), ("--labels", args.labels), ("--input", args.input_name),
+               ("--output", args.output_name), ("--output-kind", args.output_kind), ("--layout", args.layout),
+               ("--batch-size", args.batch_size), ("--target", args.target), ("--score", args.score),
+               ("--metrics", args.metrics), ("--targets-csv", args.targets_csv), ("--step", args.step),
+               ("--colormap", args.colormap)]
+    if args.device != "auto":
+        options.append(("--device", args.device))
+    for flag, value in options:
+        if value is not None:
+            command += [flag, str(value)]
+    command += ["--seed", str(args.seed), "--top", str(args.top), "--tolerance", f"{args.tolerance:g}",
+                "--sanity-mode", args.sanity_mode, "--sanity-layers", str(args.sanity_layers)]
+    for item in args.param:
+        command += ["--param", item]
+    return command
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"info": cmd_info, "predict": cmd_predict, "explain": cmd_explain, "methods": cmd_methods}
+    handlers = {"info": cmd_info, "predict": cmd_predict, "explain": cmd_explain, "methods": cmd_methods,
+                "report": cmd_report}
     try:
         return handlers[args.command](args)
     except BlackboxError as error:

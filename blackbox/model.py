@@ -172,13 +172,20 @@ def _check_finite(values: np.ndarray, what: str) -> np.ndarray:
 class Model:
     """A loaded classifier. Create with :func:`blackbox.load`."""
 
-    def __init__(self, path: str | os.PathLike, *, preprocess: Preprocess | str | dict | None = None,
+    def __init__(self, path: str | os.PathLike | onnx.ModelProto, *, preprocess: Preprocess | str | dict | None = None,
                  labels: str | os.PathLike | Sequence[str] | None = None, device: str = "auto",
                  input_name: str | None = None, output_name: str | None = None, output_kind: str | None = None,
                  layout: str | None = None, inputs: dict[str, np.ndarray] | None = None,
                  batch_size: int | None = None):
-        self.path = Path(path)
-        self.proto = _read_onnx(self.path)
+        if isinstance(path, onnx.ModelProto):  # an in-memory graph, e.g. a randomised copy for sanity checks
+            self.path, self.proto = None, path
+            try:
+                onnx.checker.check_model(path)
+            except onnx.checker.ValidationError as error:
+                raise ModelError(f"the model fails the ONNX checker: {str(error).strip().splitlines()[0]}") from None
+        else:
+            self.path = Path(path)
+            self.proto = _read_onnx(self.path)
         image_value = _find_image_input(self.proto, input_name)
         self.constants = self._constant_inputs(image_value.name, inputs or {})
         shape = dims(image_value)
@@ -403,8 +410,10 @@ class Model:
         if np.any(fixed["targets"] < 0) or np.any(fixed["targets"] >= self.num_classes):
             raise TargetError(f"target classes {list(targets)} out of range 0..{self.num_classes - 1}")
         masks = np.asarray(masks, dtype=np.float32)
+        channels = self.image.channels
         if segments is not None:
-            fixed["segments"] = np.asarray(segments, dtype=np.int64)
+            segments = np.asarray(segments, dtype=np.int64)
+            fixed["segments"] = np.ascontiguousarray(np.broadcast_to(segments, (channels,) + segments.shape[-2:]))
             batched = {"masks": masks}
             mode = "segments"
         else:
@@ -412,12 +421,23 @@ class Model:
                 raise ValueError("grid masks need ry and rx")
             rxt = np.swapaxes(np.asarray(rx, dtype=np.float32), -1, -2)
             ry = np.asarray(ry, dtype=np.float32)
+            if masks.shape[1] != channels:  # one mask for all channels: repeat it (small) for a cheap blend
+                masks = np.ascontiguousarray(np.broadcast_to(masks, (masks.shape[0], channels) + masks.shape[2:]))
             batched = {"masks": masks}
             (batched if ry.ndim == 4 else fixed)["ry"] = ry
             (batched if rxt.ndim == 4 else fixed)["rxt"] = rxt
             mode = "grid"
         out = self._perturb_runner(mode, score).run(fixed, batched, progress=progress)
         return _check_finite(out, "perturbed inputs")
+
+    @property
+    def gradients(self):
+        """The :class:`~blackbox.differentiate.GradientEngine` (built on first use)."""
+        if getattr(self, "_gradients", None) is None:
+            from .differentiate import GradientEngine
+
+            self._gradients = GradientEngine(self)
+        return self._gradients
 
     # ------------------------------------------------------------------ description
     def op_histogram(self) -> dict[str, int]:
@@ -426,6 +446,9 @@ class Model:
 
     def sha256(self) -> str:
         digest = hashlib.sha256()
+        if self.path is None:
+            digest.update(self.proto.SerializeToString())
+            return digest.hexdigest()
         with open(self.path, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
@@ -441,9 +464,9 @@ class Model:
                for n in self.proto.graph.node):
             precision = "int8 (quantized)"
         return {
-            "path": str(self.path),
+            "path": str(self.path) if self.path else "<in memory>",
             "sha256": self.sha256(),
-            "size_bytes": self.path.stat().st_size,
+            "size_bytes": self.path.stat().st_size if self.path else self.proto.ByteSize(),
             "producer": f"{self.proto.producer_name} {self.proto.producer_version}".strip(),
             "ir_version": int(self.proto.ir_version),
             "opset": default_opset(self.proto),
@@ -469,7 +492,7 @@ class Model:
 
     def __repr__(self) -> str:
         size = (self.image.channels, self.image.height, self.image.width)
-        return (f"Model({str(self.path)!r}, input={self.image.name}{list(size)} {self.layout}, "
+        return (f"Model({str(self.path or '<in memory>')!r}, input={self.image.name}{list(size)} {self.layout}, "
                 f"classes={self.num_classes}, kind={self.output_kind}, provider={self.device})")
 
 
@@ -483,12 +506,12 @@ def _one(array: np.ndarray) -> np.ndarray:
     return array[None] if array.ndim == 3 else array
 
 
-def load(path: str | os.PathLike, *, preprocess: Preprocess | str | dict | None = None,
+def load(path: str | os.PathLike | onnx.ModelProto, *, preprocess: Preprocess | str | dict | None = None,
          labels: str | os.PathLike | Sequence[str] | None = None, device: str = "auto",
          input_name: str | None = None, output_name: str | None = None, output_kind: str | None = None,
          layout: str | None = None, inputs: dict[str, np.ndarray] | None = None,
          batch_size: int | None = None) -> Model:
-    """Load an ONNX image classifier.
+    """Load an ONNX image classifier from a file (or an in-memory ``onnx.ModelProto``).
 
     ``preprocess``: a :class:`Preprocess`, a preset name (``"imagenet"``, ``"caffe"``, ``"mnist"``, ...),
     or None to use what the model's metadata says (``blackbox.preprocess``), else exact resize and /255.

@@ -9,7 +9,7 @@ import functools
 import os
 import re
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import onnx
@@ -109,14 +109,17 @@ class Runner:
     call; ``batched`` inputs are split along axis 0. On CUDA the fixed inputs live on the device.
     """
 
-    def __init__(self, session: ort.InferenceSession, device: Device, batch_size: int, output: str):
+    def __init__(self, session: ort.InferenceSession, device: Device, batch_size: int,
+                 output: str | Sequence[str]):
         self.session = session
         self.device = device
         self.batch_size = max(1, int(batch_size))
         self.output = output
+        self.outputs = [output] if isinstance(output, str) else list(output)
 
     def run(self, fixed: dict[str, np.ndarray], batched: dict[str, np.ndarray],
-            progress: Callable[[int], None] | None = None) -> np.ndarray:
+            progress: Callable[[int], None] | None = None) -> np.ndarray | list[np.ndarray]:
+        """Outputs for all samples: one array (one output named) or a list (several), batch-concatenated."""
         n = len(next(iter(batched.values())))
         binding = self.session.io_binding()
         device_type = "cuda" if self.device.kind == "cuda" else "cpu"
@@ -133,9 +136,10 @@ class Runner:
                     chunk = np.ascontiguousarray(array[start:stop])
                     binding.bind_ortvalue_input(
                         name, ort.OrtValue.ortvalue_from_numpy(chunk, device_type, self.device.index))
-                binding.bind_output(self.output, "cpu")
+                for name in self.outputs:
+                    binding.bind_output(name, "cpu")
                 self.session.run_with_iobinding(binding)
-                results.append(binding.copy_outputs_to_cpu()[0])
+                results.append(binding.copy_outputs_to_cpu())
             except Exception as error:  # noqa: BLE001
                 if is_out_of_memory(error) and self.batch_size > 1:
                     self.batch_size //= 2
@@ -144,4 +148,7 @@ class Runner:
             if progress is not None:
                 progress(stop - start)
             start = stop
-        return np.concatenate(results, axis=0) if results else np.zeros((0,), np.float32)
+        if not results:
+            return np.zeros((0,), np.float32) if isinstance(self.output, str) else []
+        merged = [np.concatenate([r[i] for r in results], axis=0) for i in range(len(self.outputs))]
+        return merged[0] if isinstance(self.output, str) else merged

@@ -328,6 +328,8 @@ ELEM_CASES = {
                                     {"x": rnd([2, 3], np.float64)}),
     "sum_mean": lambda: two_input_case([N("Sum", ["a", "b", "a"], ["s"]), N("Mean", ["s", "b"], ["y"])],
                                        {"a": [2, 3], "b": [3]}, dtype=F32, **LIN),
+    "max_bcast": lambda: two_input_case([N("Max", ["a", "b"], ["y"])], {"a": [2, 3], "b": [3]}),
+    "min_bcast": lambda: two_input_case([N("Min", ["a", "b"], ["y"])], {"a": [3], "b": [2, 3]}),
     "where": lambda: two_input_case([N("Greater", ["a", "b"], ["c"]), N("Where", ["c", "a", "b"], ["y"])],
                                     {"a": [2, 3], "b": [3]}),
     "cast_roundtrip": lambda: Case(make([N("Cast", ["x"], ["d"], to=F64), N("Mul", ["d", "d"], ["e"]),
@@ -571,3 +573,27 @@ def test_unsupported_op_off_path_is_fine():
               N("ArgMax", ["m"], ["am"], axis=1), N("Sigmoid", ["m"], ["y"])], {"x": [2, 3]},
              {"a": rnd([3, 3], seed=1), "b": rnd([3, 2], seed=2)})
     fd_check(Case(m, {"x": away(rnd([2, 3]), [0.0])}, eps=1e-3, rtol=2e-3, atol=2e-4))
+
+
+def test_local_functions_are_inlined():
+    fn = helper.make_function(
+        "custom", "Swishy", ["a"], ["b"],
+        [N("Sigmoid", ["a"], ["s"]), N("Mul", ["a", "s"], ["b"])],
+        opset_imports=[helper.make_opsetid("", 17)])
+    graph = helper.make_graph([N("Swishy", ["x"], ["y"], domain="custom")], "g",
+                              [helper.make_tensor_value_info("x", F64, [2, 3])],
+                              [helper.make_tensor_value_info("y", F64, None)])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                helper.make_opsetid("custom", 1)],
+                          functions=[fn], ir_version=8)
+    fd_check(Case(m, {"x": rnd([2, 3], np.float64)}))
+
+
+def test_weights_listed_as_inputs():
+    """IR < 4 style: initializers also appear as graph inputs; they are constants, not inputs."""
+    m = make([N("MatMul", ["x", "w"], ["m"]), N("Tanh", ["m"], ["y"])], {"x": [2, 3]},
+             {"w": rnd([3, 4], np.float64)}, dtype=F64)
+    m.graph.input.append(helper.make_tensor_value_info("w", F64, [3, 4]))
+    gm = build_gradient_model(m, input_name="x", score_name="y")
+    assert gm.input_names == ("x", "seed")
+    fd_check(Case(m, {"x": rnd([2, 3], np.float64)}))

@@ -86,7 +86,10 @@ def _to_model_input(b: _Builder, image: str, spec: ImageInput) -> None:
         current = b.op("Max", [current, lo], "clip_lo")
         current = b.op("Min", [current, hi], "clip_hi")
     if spec.elem_type == TensorProto.FLOAT:
-        b.op("Identity", [current], "input", output=spec.name)
+        if current == image:  # nothing to convert: the wrapper's input feeds the model directly
+            b.op("Identity", [current], "input", output=spec.name)
+        else:
+            b.nodes[-1].output[0] = spec.name
     else:
         b.op("Cast", [current], "input", output=spec.name, to=spec.elem_type)
 
@@ -159,8 +162,9 @@ def perturbation_graph(model: onnx.ModelProto, spec: ImageInput, out: ScoreOutpu
     """Small keep-masks in, the target classes' scores of the blended images out ([N, T] float32).
 
     Inputs: ``masks``; ``ry`` [H, h] or [N, 1, H, h] and ``rxt`` [w, W] or [N, 1, w, W] (grid mode) or
-    ``segments`` int64 [H, W] (segments mode); ``x`` and ``baseline`` float32 [1, C, H, W];
-    ``targets`` int64 [T].
+    ``segments`` int64 [C, H, W] (segments mode); ``x`` and ``baseline`` float32 [1, C, H, W];
+    ``targets`` int64 [T]. Callers give masks with C channels (repeated when all channels share one
+    mask): the blend then broadcasts only over the batch, ONNX Runtime's fast path.
     """
     b = _Builder()
     H, W, C = spec.height, spec.width, spec.channels
@@ -180,11 +184,9 @@ def perturbation_graph(model: onnx.ModelProto, spec: ImageInput, out: ScoreOutpu
     elif mode == "segments":
         inputs += [
             helper.make_tensor_value_info("masks", TensorProto.FLOAT, ["N", "M"]),
-            helper.make_tensor_value_info("segments", TensorProto.INT64, [H, W]),
+            helper.make_tensor_value_info("segments", TensorProto.INT64, ["Cs", H, W]),
         ]
-        spread = b.op("Gather", ["masks", "segments"], "spread", axis=1)
-        shape = b.constant("keep_shape", np.array([-1, 1, H, W], dtype=np.int64))
-        keep = b.op("Reshape", [spread, shape], "keep")
+        keep = b.op("Gather", ["masks", "segments"], "keep", axis=1)
     else:
         raise ValueError(f"unknown mask mode {mode!r}")
     diff = b.op("Sub", ["x", "baseline"], "diff")

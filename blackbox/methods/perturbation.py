@@ -262,7 +262,7 @@ def extremal_perturbation(ctx: Context, *, areas: Sequence[float] = (0.05, 0.1, 
         raise ParameterError(f"unknown variant {variant!r}: use one of {', '.join(MODES)}")
     _check_common(steps=steps, lr=lr, n_directions=n_directions, eps=eps, blur_sigma=blur_sigma,
                   directions=directions)
-    if not smooth > 0:
+    if not smooth >= 0:
         raise ParameterError(f"smooth must be positive (grid cells), got {smooth!r}")
     if not area_weight > 0:
         raise ParameterError(f"area_weight must be positive, got {area_weight!r}")
@@ -272,7 +272,10 @@ def extremal_perturbation(ctx: Context, *, areas: Sequence[float] = (0.05, 0.1, 
     h, w = _grid(mask_size, height, width)
     sigma = blur_sigma if blur_sigma is not None else 20.0 * max(height, width) / 224.0
     baseline = blur(ctx.x, sigma)
-    ry, rx = gaussian_matrix(h, height, smooth), gaussian_matrix(w, width, smooth)
+    if smooth > 0:
+        ry, rx = gaussian_matrix(h, height, smooth), gaussian_matrix(w, width, smooth)
+    else:
+        ry, rx = linear_matrix(h, height), linear_matrix(w, width)
     delete = variant == "delete"
     sign = 1.0 if delete else -1.0
     rng = ctx.rng()

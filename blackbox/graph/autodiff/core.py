@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from ...errors import ModelError, ParameterError, UnsupportedOpError
-from .prepare import FLOAT_TYPES, default_opset, get_attr, prepare, topo_sort, value_types
+from .prepare import FLOAT_TYPES, default_opset, prepare, topo_sort, value_types
 from .rules import RULES, Rule
 
 RELU_MODES = ("plain", "guided", "deconvnet")
@@ -351,11 +351,14 @@ def build_gradient_model(
         check_float(t, "tap")
 
     nodes = topo_sort(list(g.node), [i.name for i in g.input] + list(inits))
-    # forward: float tensors that depend on the input or a tap through float edges
+    # forward: float tensors that depend on the input or a tap through float edges (a tensor of
+    # unknown type counts as float, so a node nothing could infer fails loudly instead of silently
+    # cutting the gradient)
     active = {input_name, *taps}
     for n in nodes:
         if any(i in active for i in n.input if i):
-            active.update(o for o in n.output if o and types.get(o, (0,))[0] in FLOAT_TYPES)
+            active.update(o for o in n.output
+                          if o and types.get(o, (0,))[0] in (*FLOAT_TYPES, 0))
     # backward: everything the score depends on
     producer = {o: n for n in nodes for o in n.output if o}
     ancestors: set[str] = set()

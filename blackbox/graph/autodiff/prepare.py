@@ -25,6 +25,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 import onnx
+import onnx.inliner
+import onnx.version_converter
 from onnx import TensorProto, helper, numpy_helper
 
 from ...errors import ModelError
@@ -161,11 +163,17 @@ def prepare(model: onnx.ModelProto, *, outputs: Sequence[str]) -> onnx.ModelProt
                 "use a model-agnostic method (occlusion, rise, lime, kernel_shap)"
             ) from None
     needed_ir = helper.find_min_ir_version_for(list(m.opset_import), ignore_unknown=True)
-    m.ir_version = min(max(int(m.ir_version), MIN_IR_VERSION, needed_ir), MAX_IR_VERSION)
+    # at least what the opsets need (and IR 8); never lowered, never raised past what ORT reads
+    m.ir_version = max(int(m.ir_version), min(max(MIN_IR_VERSION, needed_ir), MAX_IR_VERSION))
 
+    g = m.graph
+    # Weights listed as graph inputs (IR < 4, or overridable defaults) are constants here.
+    init_names = {t.name for t in g.initializer}
+    real_inputs = [i for i in g.input if i.name not in init_names]
+    del g.input[:]
+    g.input.extend(real_inputs)
     _constants_to_initializers(m)
     _strip_training_outputs(m, outputs)
-    g = m.graph
     sorted_nodes = topo_sort(
         list(g.node), [i.name for i in g.input] + [t.name for t in g.initializer]
     )

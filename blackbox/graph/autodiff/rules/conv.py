@@ -18,21 +18,24 @@ def transpose_pads(ins: Sequence[int], outs: Sequence[int], k: Sequence[int], s:
 
     The forward op (Conv or a pool) has windows ``o*s - pb + j*d`` (``j < k``) over an input of size
     ``ins``, ``outs`` windows per axis. The adjoint is a ConvTranspose with the same strides,
-    dilations and begin pads; its end crop and ``output_padding`` are chosen so the result has exactly
-    ``ins`` elements. That is ``output_padding = in - ((out-1)*s - pb - pe + d*(k-1) + 1)`` with the
-    forward end pad, moved into the end pad where it is negative (ceil_mode windows that run past the
-    padded input) or could be cropped instead. We never use ``output_shape``.
+    dilations and pads, and ``output_padding = in - ((out-1)*s - pb - pe + d*(k-1) + 1)`` (the input
+    rows no window reaches; e.g. even inputs with stride 2). We never use ``output_shape``. Where that
+    formula leaves [0, stride) — ceil_mode windows that run past the padded input — the end pad is
+    adjusted instead, so the result still has exactly ``ins`` elements.
     """
     ends, extra = [], []
     for i in range(len(ins)):
         full = (outs[i] - 1) * s[i] + d[i] * (k[i] - 1) + 1 - pb[i]  # uncropped length past pb
-        over = full - ins[i]
-        if over >= 0:
-            ends.append(over)
+        op = ins[i] - (full - pe[i])
+        if 0 <= op < s[i]:
+            ends.append(pe[i])
+            extra.append(op)
+        elif full >= ins[i]:
+            ends.append(full - ins[i])
             extra.append(0)
         else:
             ends.append(0)
-            extra.append(-over)
+            extra.append(ins[i] - full)
     return list(pb) + ends, extra
 
 

@@ -144,6 +144,17 @@ def erf(ctx, node, grads):
     return [ctx.emit("Mul", [grads[0], d])]
 
 
+STE_MARK = "blackbox:straight-through"  # same marker as blackbox.graph.precision.STE_MARK
+
+
+@rule("Round", "Floor", "Ceil")
+def rounding(ctx, node, grads):
+    """Zero almost everywhere; the identity for Round nodes marked straight-through (fake quant)."""
+    if STE_MARK in node.doc_string or node.name.startswith(STE_MARK):
+        return [grads[0]]
+    return [None]
+
+
 @rule("Where")
 def where(ctx, node, grads):
     cond, a, b = node.input
@@ -153,3 +164,22 @@ def where(ctx, node, grads):
     gb = ctx.emit("Where", [cond, zero, g]) if ctx.needs(b) else None
     return [None, _ub(ctx, node, ga, 1), _ub(ctx, node, gb, 2)]
 
+
+
+@rule("Max", "Min")
+def max_min(ctx, node, grads):
+    """Binary Max/Min: the gradient goes to the winning operand, split evenly on ties (torch.maximum)."""
+    if len(node.input) != 2:
+        from ..core import unsupported
+
+        raise unsupported(node, f"{len(node.input)}-input {node.op_type}")
+    a, b = node.input
+    g = grads[0]
+    y = node.output[0]
+    wins = ctx.emit("Greater" if node.op_type == "Max" else "Less", [a, b])
+    ties = ctx.emit("Equal", [a, b])
+    one, half, zero = ctx.scalar(1.0, y), ctx.scalar(0.5, y), ctx.scalar(0.0, y)
+    share_a = ctx.emit("Where", [wins, one, ctx.emit("Where", [ties, half, zero])])
+    ga = ctx.emit("Mul", [g, share_a]) if ctx.needs(a) else None
+    gb = ctx.emit("Mul", [g, ctx.emit("Sub", [one, share_a])]) if ctx.needs(b) else None
+    return [_ub(ctx, node, ga, 0), _ub(ctx, node, gb, 1)]

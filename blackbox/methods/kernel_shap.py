@@ -1,0 +1,197 @@
+"""KernelSHAP (Lundberg & Lee 2017) over superpixels, with ``shap.KernelExplainer``'s sampling and solver.
+
+Features are superpixels; a coalition keeps its superpixels and replaces the rest with the baseline. The
+Shapley kernel gives a coalition of size s the weight (M-1) / (C(M, s) s (M-s)). As shap does, whole
+subset sizes (s with its complement size M-s) are enumerated, smallest first, while the budget covers
+them at their share of the kernel's weight; the rest of the budget is sampled from the remaining sizes in
+complement pairs, and repeated draws add weight to the coalition instead of a new evaluation. The
+weighted least squares fit enforces efficiency exactly (sum phi = f(x) - f(baseline)) by eliminating the
+last feature. With the full budget (2^M - 2 coalitions) the result is the exact Shapley values.
+
+Unlike shap's default ``l1_reg="num_features(10)"`` no LARS feature selection runs: every superpixel
+gets its value (shap's ``l1_reg=False``).
+"""
+
+from __future__ import annotations
+
+import itertools
+from math import comb
+from typing import Any, Callable
+
+import numpy as np
+
+from ..baselines import make_baseline
+from ..errors import ParameterError
+from ..segmentation import superpixels
+from .base import Context, Result, register
+
+
+def shapley_kernel(n_features: int, size: int) -> float:
+    """Weight of one coalition of ``size`` features out of ``n_features`` (0 and M are infinite)."""
+    return (n_features - 1) / (comb(n_features, size) * size * (n_features - size))
+
+
+def sample_coalitions(n_features: int, n_samples: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Coalitions float32 [K, M] (0/1) and their kernel weights [K] (K <= n_samples), as KernelExplainer picks
+    them: full enumeration of the smallest (and, paired, largest) subset sizes the budget affords at their
+    share of the kernel weight, then paired random draws from the remaining sizes."""
+    m = n_features
+    budget = min(n_samples, 2 ** m - 2) if m <= 30 else n_samples
+    n_sizes = (m - 1 + 1) // 2  # sizes 1 .. ceil((M-1)/2); larger ones are their complements
+    n_paired = (m - 1) // 2  # sizes whose complement is a different size
+    size_weight = np.array([(m - 1.0) / (s * (m - s)) for s in range(1, n_sizes + 1)])
+    size_weight[:n_paired] *= 2
+    size_weight /= size_weight.sum()
+    rows: list[np.ndarray] = []
+    weights: list[float] = []
+    left = budget
+    remaining = size_weight.copy()
+    full_sizes = 0
+    for size in range(1, n_sizes + 1):
+        paired = size <= n_paired
+        count = comb(m, size) * (2 if paired else 1)
+        if left * remaining[size - 1] / count < 1.0 - 1e-8:
+            break
+        full_sizes += 1
+        left -= count
+        if remaining[size - 1] < 1.0:
+            remaining /= 1.0 - remaining[size - 1]
+        weight = size_weight[size - 1] / comb(m, size) / (2 if paired else 1)
+        for members in itertools.combinations(range(m), size):
+            row = np.zeros(m, np.float32)
+            row[list(members)] = 1.0
+            rows.append(row)
+            weights.append(weight)
+            if paired:
+                rows.append(1.0 - row)
+                weights.append(weight)
+    n_fixed = len(rows)
+    left = budget - n_fixed
+    if full_sizes < n_sizes and left > 0:
+        probs = size_weight.copy()
+        probs[:n_paired] /= 2  # each paired draw brings two coalitions
+        probs = probs[full_sizes:] / probs[full_sizes:].sum()
+        drawn = rng.choice(len(probs), size=4 * left, p=probs)
+        seen: dict[bytes, int] = {}
+        for index in drawn:
+            if left <= 0:
+                break
+            size = int(index) + full_sizes + 1
+            row = np.zeros(m, np.float32)
+            row[rng.permutation(m)[:size]] = 1.0
+            key = row.tobytes()
+            paired = size <= n_paired
+            if key in seen:
+                weights[seen[key]] += 1.0
+                if paired and seen[key] + 1 < len(weights):
+                    weights[seen[key] + 1] += 1.0
+                continue
+            seen[key] = len(rows)
+            rows.append(row)
+            weights.append(1.0)
+            left -= 1
+            if paired and left > 0:
+                rows.append(1.0 - row)
+                weights.append(1.0)
+                left -= 1
+        sampled = np.asarray(weights[n_fixed:])
+        weights[n_fixed:] = list(sampled * size_weight[full_sizes:].sum() / sampled.sum())
+    coalitions = np.asarray(rows, np.float32).reshape(-1, m)
+    return coalitions, np.asarray(weights, np.float64)
+
+
+def solve_shapley(coalitions: np.ndarray, weights: np.ndarray, values: np.ndarray, full: float,
+                  null: float) -> np.ndarray:
+    """Weighted least squares for phi with sum(phi) = full - null, the last feature eliminated."""
+    z = np.asarray(coalitions, np.float64)
+    m = z.shape[1]
+    total = full - null
+    if m == 1:
+        return np.array([total])
+    y = np.asarray(values, np.float64) - null - z[:, -1] * total
+    design = z[:, :-1] - z[:, -1:]
+    weighted = weights[:, None] * design
+    try:
+        w = np.linalg.solve(design.T @ weighted, weighted.T @ y)
+    except np.linalg.LinAlgError:
+        root = np.sqrt(weights)
+        w = np.linalg.lstsq(root[:, None] * design, root * y, rcond=None)[0]
+    return np.append(w, total - w.sum())
+
+
+def kernel_shap_values(value_fn: Callable[[np.ndarray], np.ndarray], n_features: int, *, n_samples: int = 1000,
+                       rng: np.random.Generator | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """Shapley value estimates [M] of a coalition game ``value_fn(z [K, M] 0/1 float32) -> [K]``.
+
+    All coalitions, plus the full and the empty one, go to ``value_fn`` in one call (it may batch them).
+    Returns phi and facts: the two end values, the number of evaluations and whether all coalitions were
+    enumerated (then phi is exact)."""
+    m = int(n_features)
+    if m < 1:
+        raise ParameterError("kernel SHAP needs at least one feature")
+    rng = rng if rng is not None else np.random.default_rng()
+    if m == 1:
+        coalitions, weights = np.zeros((0, 1), np.float32), np.zeros(0)
+    else:
+        if n_samples < m:
+            raise ParameterError(f"n_samples={n_samples} is smaller than the number of features ({m}); the "
+                                 f"least squares fit needs at least {m} coalitions (raise n_samples or use "
+                                 "fewer superpixels)")
+        coalitions, weights = sample_coalitions(m, n_samples, rng)
+    ends = np.stack([np.ones(m, np.float32), np.zeros(m, np.float32)])
+    values = np.asarray(value_fn(np.concatenate([ends, coalitions])), np.float64).reshape(-1)
+    full, null = float(values[0]), float(values[1])
+    phi = solve_shapley(coalitions, weights, values[2:], full, null) if m > 1 else np.array([full - null])
+    exact = m == 1 or (m <= 30 and len(coalitions) == 2 ** m - 2)
+    return phi, {"full_value": full, "null_value": null, "n_evals": len(values), "exact": bool(exact),
+                 "n_coalitions": len(coalitions)}
+
+
+@register("kernel_shap", default_score="probability", kind="perturbation",
+          summary="Shapley values of superpixels by kernel-weighted regression (shap.KernelExplainer semantics)")
+def kernel_shap(ctx: Context, *, n_samples: int = 1000, segmentation="slic", segmentation_params=None,
+                baseline="mean") -> Result:
+    """``n_samples``: coalitions to evaluate, default 1000 (two more evaluations give f(x) and
+    f(baseline)); capped at 2^M - 2, where the values are exact; it must be at least the number of
+    superpixels M. ``segmentation``: 'slic' (default: n_segments=50, compactness=30, sigma=3, as shap's
+    image notebook), 'quickshift', 'felzenszwalb', 'grid' (``segmentation_params={"cells": 8}``), an int
+    label array [H, W] or a function; ``segmentation_params`` override the defaults. ``baseline``: what
+    hidden superpixels become, default 'mean' (the image's mean colour, as shap's image notebook masks);
+    any :func:`~blackbox.baselines.make_baseline` spec. Default score: probability (shap explains what the
+    model function returns, softmax outputs in its image examples), so phi sums to
+    p(x) - p(baseline)."""
+    if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
+        raise ParameterError(f"n_samples must be a positive integer, got {n_samples!r}")
+    channels, height, width = ctx.shape
+    segments = superpixels(ctx, segmentation, segmentation_params)
+    n_features = int(segments.max()) + 1
+    base = make_baseline(ctx.model, ctx.sample, baseline)
+    total = min(int(n_samples), 2 ** n_features - 2) + 2 if n_features <= 30 else int(n_samples) + 2
+    with ctx.bar(total, "kernel_shap") as bar:
+        def value_fn(z: np.ndarray) -> np.ndarray:
+            return ctx.model.score_masks(ctx.x, z, baseline=base, targets=[ctx.target], score=ctx.score,
+                                         segments=segments, progress=bar.update)[:, 0]
+
+        phi, facts = kernel_shap_values(value_fn, n_features, n_samples=int(n_samples), rng=ctx.rng())
+    heatmap = phi[segments].astype(np.float32)
+    attributions = np.broadcast_to(heatmap, (channels, height, width)).copy()
+    extras = {"segments": segments, "n_segments": n_features, "shap_values": phi, **facts}
+    return Result(attributions=attributions, heatmap=heatmap, n_evals=int(facts["n_evals"]), extras=extras)
+
+
+def explanation_to_shap(explanation) -> Any:
+    """A ``shap.Explanation`` of one image for ``shap.image_plot``: values [1, H, W, C, 1] (the heatmap
+    spread evenly over the channels, so image_plot's channel sum shows the map), data the picture in
+    0..1, the target's label as output name. Works for any blackbox explanation; shap is imported here
+    only (it is a test extra)."""
+    import shap
+
+    picture = np.asarray(explanation.image, np.float64) / 255.0
+    if picture.ndim == 2:
+        picture = picture[:, :, None]
+    heatmap = np.asarray(explanation.heatmap, np.float64)
+    channels = picture.shape[2]
+    values = np.repeat(heatmap[:, :, None], channels, axis=2) / channels
+    return shap.Explanation(values=values[None, :, :, :, None], data=picture[None],
+                            output_names=[explanation.label],
+                            base_values=np.array([[explanation.extras.get("null_value", 0.0)]]))

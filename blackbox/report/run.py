@@ -1,0 +1,590 @@
+"""The report's batch loop: explain every image with every method, score the maps, write everything.
+
+Files, all written atomically (a temporary name in the same folder, then ``os.replace``), so a killed run
+never leaves a half-written file under a real name:
+
+```
+DIR/items/<key>/<method>.png   overlay
+DIR/items/<key>/<method>.npz   raw maps (Explanation.save_npz)
+DIR/items/<key>/<method>.json  the item's record: the source of truth, written last
+DIR/results.json, results.csv, index.html   regenerated at the end from the item records
+```
+
+``resume=True`` skips an item whose record says ``ok`` for the same configuration (a hash of the model,
+preprocessing, labels, method, parameters, target, seed, metrics and truth) and whose files exist; failed
+items are tried again. Every item is computed on its own with the same seed, so a resumed run gives the
+same numbers as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..errors import BlackboxError, ParameterError
+from .inputs import Entry, expand_inputs, sibling_mask
+
+METRICS = ("deletion", "insertion", "pointing", "sanity")
+DEFAULT_METRICS = ("deletion", "insertion")
+REGIONS = ("mask", "box")
+SUMMARY_COLUMNS = ("deletion_auc", "insertion_auc", "pointing_mask", "share_mask", "area_mask", "pointing_box",
+                   "share_box", "area_box", "sanity_spearman_abs", "sanity_ssim", "seconds", "n_evals")
+CSV_COLUMNS = ("image", "key", "method", "status", "error", "target", "label", "score", "score_space",
+               "probability", "top_k", "params", "seconds", "n_evals", "deletion_auc", "insertion_auc",
+               "pointing_mask", "share_mask", "area_mask", "pointing_box", "share_box", "area_box",
+               "sanity_spearman_abs", "sanity_spearman", "sanity_ssim", "overlay", "npz")
+
+
+# ------------------------------------------------------------------------------------ configuration
+
+@dataclass
+class ReportConfig:
+    """What one report run does. ``params`` maps method -> its keyword parameters; ``metrics`` None means
+    deletion, insertion, plus pointing for images with a truth mask or box; ``command`` is recorded so the
+    page says how to reproduce the run."""
+
+    out: str
+    methods: list[str]
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    target: str | None = None
+    score: str | None = None
+    seed: int = 0
+    metrics: list[str] | None = None
+    targets_csv: str | None = None
+    resume: bool = False
+    top: int = 5
+    step: int | None = None
+    tolerance: float = 15.0
+    sanity_mode: str = "cascading"
+    sanity_layers: int | None = 5
+    colormap: str | None = None
+    command: list[str] | None = None
+    model_options: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items()}
+
+
+@dataclass
+class Truth:
+    """Ground truth for one image from --targets-csv (and a ``X_mask.png`` sibling)."""
+
+    target: str | None = None
+    box: tuple[float, float, float, float] | None = None
+    mask: str | None = None
+
+
+@dataclass
+class ReportSummary:
+    out: Path
+    records: list[dict[str, Any]]
+    methods: dict[str, dict[str, Any]]
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for r in self.records if r.get("status") != "ok")
+
+    @property
+    def ok(self) -> int:
+        return sum(1 for r in self.records if r.get("status") == "ok")
+
+
+def parse_methods(text: str | Sequence[str] | None) -> list[str]:
+    """'a,b,c' (or 'all': every registered method) -> names, checked against ``METHODS``."""
+    from ..methods import METHODS
+
+    items = text.split(",") if isinstance(text, str) else list(text or ["occlusion"])
+    names = [n.strip() for n in items if n.strip()]
+    if names == ["all"]:
+        return sorted(METHODS)
+    unknown = [n for n in names if n not in METHODS]
+    if unknown or not names:
+        raise ParameterError(f"unknown method {', '.join(map(repr, unknown)) or '(none given)'}; registered: "
+                             f"{', '.join(sorted(METHODS))} (or 'all')")
+    return list(dict.fromkeys(names))
+
+
+def parse_method_params(items: Sequence[str], methods: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``METHOD.KEY=VALUE`` (values JSON when they parse, else strings); ``KEY=VALUE`` is allowed when
+    one method runs. Unknown methods or keys are user errors before any work starts."""
+    from ..methods import METHODS
+
+    params: dict[str, dict[str, Any]] = {m: {} for m in methods}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ParameterError(f"--param {item!r} must look like METHOD.KEY=VALUE")
+        method, dot, key = name.strip().partition(".")
+        if not dot:
+            if len(methods) != 1:
+                raise ParameterError(f"--param {item!r}: say which method, e.g. {methods[0]}.{name.strip()}=...")
+            method, key = methods[0], name.strip()
+        if method not in params:
+            raise ParameterError(f"--param {item!r} names method {method!r}, which is not in --methods")
+        try:
+            params[method][key] = json.loads(value)
+        except json.JSONDecodeError:
+            params[method][key] = value
+    for method, given in params.items():
+        METHODS[method].check_params(given)
+    return params
+
+
+def parse_metrics(text: str | Sequence[str] | None) -> list[str] | None:
+    if text is None:
+        return None
+    names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
+    unknown = [n for n in names if n not in METRICS]
+    if unknown:
+        raise ParameterError(f"unknown metric {', '.join(map(repr, unknown))}; use any of {', '.join(METRICS)}")
+    return list(dict.fromkeys(names))
+
+
+def _resolve_csv_path(value: str, base: Path) -> str:
+    return value if os.path.isabs(value) else str(base / value)
+
+
+def read_targets_csv(path: str) -> tuple[dict[str, Truth], dict[str, list[Truth]]]:
+    """Columns ``image`` (required), ``target``, ``y0,x0,y1,x1`` (a box in picture pixels, pixel edges,
+    half-open), ``mask`` (a truth mask file, non-zero = object). Relative paths are relative to the CSV's
+    folder. Returns lookups by resolved path and by file name."""
+    csv_path = Path(path)
+    try:
+        text = csv_path.read_text(encoding="utf-8-sig")
+    except OSError as error:
+        raise ParameterError(f"cannot read --targets-csv {path}: {error.strerror or error}") from None
+    reader = csv.DictReader(io.StringIO(text))
+    columns = {c.strip().lower() for c in (reader.fieldnames or [])}
+    if "image" not in columns:
+        raise ParameterError(f"--targets-csv {path} needs an 'image' column (and optionally target, "
+                             "y0,x0,y1,x1, mask)")
+    by_path: dict[str, Truth] = {}
+    by_name: dict[str, list[Truth]] = {}
+    for line, row in enumerate(reader, start=2):
+        row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
+        if not row.get("image"):
+            continue
+        box = None
+        corners = [row.get(k, "") for k in ("y0", "x0", "y1", "x1")]
+        if any(corners):
+            try:
+                box = tuple(float(v) for v in corners)
+            except ValueError:
+                raise ParameterError(f"--targets-csv {path} line {line}: box y0,x0,y1,x1 must be four numbers") \
+                    from None
+        truth = Truth(target=row.get("target") or None, box=box,
+                      mask=_resolve_csv_path(row["mask"], csv_path.parent) if row.get("mask") else None)
+        image = _resolve_csv_path(row["image"], csv_path.parent)
+        by_path[os.path.realpath(image)] = truth
+        by_name.setdefault(Path(row["image"]).name, []).append(truth)
+    return by_path, by_name
+
+
+def _truth_for(entry: Entry, by_path: dict[str, Truth], by_name: dict[str, list[Truth]]) -> Truth:
+    truth = by_path.get(os.path.realpath(entry.path))
+    if truth is None:
+        named = by_name.get(Path(entry.path).name, [])
+        truth = named[0] if len(named) == 1 else Truth()
+    if truth.mask is None and entry.error is None:
+        found = sibling_mask(entry.path)
+        if found:
+            truth = Truth(target=truth.target, box=truth.box, mask=found)
+    return truth
+
+
+# ------------------------------------------------------------------------------------------ writing
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a text file under a temporary name in the same folder, fsync, then rename over ``path``."""
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: numpy scalars to Python, NaN/inf to None, tuples to lists."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _clean(value.tolist())
+    if isinstance(value, (np.bool_, bool)):
+        return bool(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    if isinstance(value, (str, int)) or value is None:
+        return value
+    return repr(value)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(_clean(value), indent=1, sort_keys=False, allow_nan=False)
+
+
+def _remove_stale_temporaries(folder: Path) -> None:
+    """Temporaries of a killed run (``.NAME.PID.HEX.tmp``) are garbage: no real file depends on them."""
+    if not folder.is_dir():
+        return
+    for root, _, files in os.walk(folder):
+        for name in files:
+            if name.startswith(".") and name.endswith(".tmp"):
+                try:
+                    os.unlink(os.path.join(root, name))
+                except OSError:
+                    pass
+
+
+def _safe_name(method: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in method) or "method"
+
+
+# --------------------------------------------------------------------------------------- the model
+
+def gradient_support(model: Any) -> str:
+    """What the model card says about gradients: only what ``blackbox.graph.autodiff`` reports."""
+    try:
+        from ..graph import autodiff
+    except Exception:  # noqa: BLE001 - not built yet, or broken: say so honestly
+        return "unknown"
+    build = getattr(autodiff, "build_gradient_model", None)
+    if build is None:
+        return "unknown"
+    try:
+        build(model.proto, input_name=model.image.name, score_name=model.output.name)
+        return "yes: blackbox.graph.autodiff builds a gradient graph"
+    except BlackboxError as error:
+        return f"no: {str(error).splitlines()[0][:300]}"
+    except Exception as error:  # noqa: BLE001
+        return f"unknown ({type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''})"
+
+
+def model_card(model: Any, *, path: str | None = None) -> dict[str, Any]:
+    info = model.info()
+    info["file"] = path or info.get("path")
+    info["gradient_support"] = gradient_support(model)
+    return info
+
+
+def _labels_digest(model: Any) -> str | None:
+    if model.labels is None:
+        return None
+    return hashlib.sha256("\n".join(model.labels.names).encode("utf-8")).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------ one item
+
+def _metric_names(config: ReportConfig, truth: Truth) -> list[str]:
+    if config.metrics is not None:
+        return list(config.metrics)
+    names = list(DEFAULT_METRICS)
+    if truth.mask or truth.box:
+        names.append("pointing")
+    return names
+
+
+def _config_hash(config: ReportConfig, model_facts: dict[str, Any], method: str, truth: Truth) -> str:
+    facts = {"model": model_facts, "method": method, "params": config.params.get(method, {}),
+             "target": truth.target if truth.target is not None else config.target, "score": config.score,
+             "seed": config.seed, "metrics": _metric_names(config, truth), "step": config.step,
+             "tolerance": config.tolerance, "sanity": [config.sanity_mode, config.sanity_layers],
+             "truth": [truth.box, truth.mask], "top": config.top, "colormap": config.colormap}
+    return hashlib.sha256(json.dumps(_clean(facts), sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _load_truth_regions(model: Any, sample: Any, truth: Truth) -> dict[str, Any]:
+    """Truth regions in model-input pixels: {'mask': bool [H, W], 'box': (y0, x0, y1, x1)}."""
+    from ..image_io import read_image
+    from ..metrics import region_mask
+
+    regions: dict[str, Any] = {}
+    size = (model.image.height, model.image.width)
+    if truth.mask:
+        picture = read_image(truth.mask)
+        inside = (picture.max(axis=2) > 127).astype(np.float64)
+        if sample.geometry is None:
+            mapped = inside
+        elif inside.shape != tuple(sample.geometry.original_size):
+            raise ParameterError(f"truth mask {truth.mask} is {inside.shape[1]}x{inside.shape[0]} but the image is "
+                                 f"{sample.geometry.original_size[1]}x{sample.geometry.original_size[0]}")
+        else:
+            mapped = sample.geometry.to_model(inside)
+        regions["mask"] = region_mask(size, mask=mapped >= 0.5)
+    if truth.box:
+        box = sample.geometry.to_model_box(truth.box) if sample.geometry is not None else truth.box
+        regions["box"] = tuple(float(v) for v in box)
+    return regions
+
+
+def _explain_item(model: Any, entry: Entry, method: str, config: ReportConfig, truth: Truth, sample: Any,
+                  probs: np.ndarray, item_dir: Path) -> dict[str, Any]:
+    """Explain, score, write PNG + NPZ; return the record (the caller writes the JSON last)."""
+    from .. import metrics as M
+    from ..api import explain, resolve_target
+    from ..inputs import from_internal
+
+    target_spec = truth.target if truth.target is not None else config.target
+    index = resolve_target(model, target_spec, sample.x)
+    exp = explain(model, entry.path, method, target=index, score=config.score, seed=config.seed,
+                  **config.params.get(method, {}))
+    names = _metric_names(config, truth)
+    x_model = from_internal(model, sample.x)
+    flat: dict[str, Any] = {}
+    curves: dict[str, Any] = {}
+    sanity: list[dict[str, Any]] = []
+    if "deletion" in names:
+        curve = M.deletion(model, x_model, exp.model_heatmap, index, step=config.step)
+        flat["deletion_auc"], curves["deletion"] = curve.auc, curve.to_dict()
+    if "insertion" in names:
+        curve = M.insertion(model, x_model, exp.model_heatmap, index, step=config.step)
+        flat["insertion_auc"], curves["insertion"] = curve.auc, curve.to_dict()
+    regions = _load_truth_regions(model, sample, truth) if (truth.mask or truth.box) else {}
+    if "pointing" in names:
+        for kind, region in regions.items():
+            spec = {"mask": region} if kind == "mask" else {"box": region}
+            flat[f"pointing_{kind}"] = M.pointing_game(exp.model_heatmap, tolerance=config.tolerance, **spec)
+            flat[f"share_{kind}"] = M.saliency_fraction(exp.model_heatmap, **spec)
+            flat[f"area_{kind}"] = float(M.region_mask(exp.model_heatmap.shape, **spec).mean())
+    if "sanity" in names:
+        steps = M.sanity_check(model, x_model, method, target=index, mode=config.sanity_mode,
+                               layers=config.sanity_layers, seed=config.seed, score=config.score,
+                               **config.params.get(method, {}))
+        sanity = [s.to_dict() for s in steps]
+        if steps:
+            flat["sanity_spearman_abs"], flat["sanity_spearman"] = steps[-1].spearman_abs, steps[-1].spearman
+            flat["sanity_ssim"] = steps[-1].ssim
+    stem = _safe_name(method)
+    exp.save_overlay(item_dir / f"{stem}.png", colormap=config.colormap)
+    exp.save_npz(item_dir / f"{stem}.npz")
+    order = np.argsort(-probs, kind="stable")[: config.top]
+    summary = exp.summary()
+    return {
+        "status": "ok", "error": None, "target": int(index), "label": exp.label, "score": float(exp.target_score),
+        "score_space": exp.score, "probability": float(probs[index]),
+        "top": [{"index": int(i), "label": model.label(int(i)), "probability": float(probs[i])} for i in order],
+        "params": summary["params"], "seconds": round(float(exp.seconds), 4), "n_evals": int(exp.n_evals),
+        "notes": summary["notes"], "metrics": flat, "curves": curves, "sanity": sanity,
+        "truth": {"target": truth.target, "box": truth.box, "mask": truth.mask,
+                  "box_model": regions.get("box")},
+        "files": {"overlay": f"items/{entry.key}/{stem}.png", "npz": f"items/{entry.key}/{stem}.npz"},
+    }
+
+
+def _record_path(out: Path, entry: Entry, method: str) -> Path:
+    return out / "items" / entry.key / f"{_safe_name(method)}.json"
+
+
+def _finished(out: Path, entry: Entry, method: str, digest: str) -> dict[str, Any] | None:
+    """The stored record when it is ok, made with the same configuration, and its files exist."""
+    path = _record_path(out, entry, method)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if record.get("status") != "ok" or record.get("config_hash") != digest:
+        return None
+    files = record.get("files") or {}
+    if not all((out / rel).is_file() for rel in files.values()):
+        return None
+    return record
+
+
+def _error_text(error: BaseException) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    if isinstance(error, BlackboxError):
+        return text or type(error).__name__
+    return f"{type(error).__name__}: {text}"[:500]
+
+
+# ------------------------------------------------------------------------------------ the run
+
+def run_report(model: Any, inputs: Sequence[str] | Sequence[Entry], config: ReportConfig, *,
+               progress: bool | None = None) -> ReportSummary:
+    """Run the report. ``inputs``: INPUT arguments (expanded with :func:`expand_inputs`) or entries.
+    Raises ParameterError for user errors found before any work (no inputs, unknown method/metric/param);
+    a failing image or method is recorded and the run goes on."""
+    from ..methods import METHODS
+
+    for method in config.methods:
+        if method not in METHODS:
+            raise ParameterError(f"unknown method {method!r}; registered: {', '.join(sorted(METHODS))}")
+        METHODS[method].check_params(config.params.get(method, {}))
+    if config.metrics is not None:
+        parse_metrics(config.metrics)
+    if config.top < 1:
+        raise ParameterError("--top must be at least 1")
+    if config.sanity_mode not in ("cascading", "independent"):
+        raise ParameterError("--sanity-mode must be cascading or independent")
+    if inputs and all(isinstance(e, Entry) for e in inputs):
+        entries = list(inputs)
+    else:
+        entries = expand_inputs([os.fspath(i) for i in inputs])
+    if not entries:
+        raise ParameterError("no input images: give image files, folders, globs or a .txt list")
+    by_path, by_name = read_targets_csv(config.targets_csv) if config.targets_csv else ({}, {})
+    out = Path(config.out)
+    try:
+        (out / "items").mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ParameterError(f"cannot create the output folder {out}: {error.strerror or error}") from None
+    _remove_stale_temporaries(out)
+    card = model_card(model, path=config.model_options.get("model"))
+    facts = {"sha256": card["sha256"], "preprocess": card["preprocess"], "output": card["output"],
+             "input": card["input"], "labels": _labels_digest(model)}
+    truths = {e.key: _truth_for(e, by_path, by_name) for e in entries}
+    total = len(entries) * len(config.methods)
+    # progress None: a bar only on a terminal (tqdm's disable=None); True/False force it on/off
+    bar = tqdm(total=total, unit="item", desc="report", disable=None if progress is None else not progress,
+               dynamic_ncols=True)
+    with bar:
+        for entry in entries:
+            truth = truths[entry.key]
+            digests = {m: _config_hash(config, facts, m, truth) for m in config.methods}
+            todo = [m for m in config.methods
+                    if not (config.resume and _finished(out, entry, m, digests[m]) is not None)]
+            bar.update(len(config.methods) - len(todo))
+            if not todo:
+                continue
+            item_dir = out / "items" / entry.key
+            item_dir.mkdir(parents=True, exist_ok=True)
+            bar.set_postfix_str(Path(entry.path).name[:40])
+            sample, probs, setup_error = None, None, entry.error
+            if setup_error is None:
+                try:
+                    from ..inputs import prepare
+
+                    sample = prepare(model, entry.path)
+                    probs = model.scores(sample.x, score="probability")[0].astype(np.float64)
+                except KeyboardInterrupt:
+                    raise
+                except Exception as error:  # noqa: BLE001 - recorded, the run goes on
+                    setup_error = _error_text(error)
+            for method in todo:
+                base = {"image": entry.path, "key": entry.key, "method": method, "config_hash": digests[method]}
+                if setup_error is not None:
+                    record = {**base, "status": "failed", "error": setup_error}
+                else:
+                    try:
+                        record = {**base, **_explain_item(model, entry, method, config, truth, sample, probs,
+                                                          item_dir)}
+                    except KeyboardInterrupt:
+                        raise
+                    except Exception as error:  # noqa: BLE001
+                        record = {**base, "status": "failed", "error": _error_text(error)}
+                write_text_atomic(_record_path(out, entry, method), _dumps(record))
+                bar.update(1)
+    records = collect_records(out, entries, config.methods)
+    methods = method_summary(records, config.methods)
+    write_outputs(out, records, methods, config, card)
+    return ReportSummary(out=out, records=records, methods=methods)
+
+
+def collect_records(out: Path, entries: Sequence[Entry], methods: Sequence[str]) -> list[dict[str, Any]]:
+    """Every (image, method) record in input order, read back from the item files."""
+    records = []
+    for entry in entries:
+        for method in methods:
+            path = _record_path(out, entry, method)
+            try:
+                record = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                record = {"image": entry.path, "key": entry.key, "method": method, "status": "failed",
+                          "error": "no result was recorded for this item"}
+            records.append(record)
+    return records
+
+
+def _mean(values: list[Any]) -> float | None:
+    numbers = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return float(np.mean(numbers)) if numbers else None
+
+
+def method_summary(records: Sequence[dict[str, Any]], methods: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per method: how many items ran and failed, and the mean of every metric over the items that have it
+    (pointing: the hit rate)."""
+    out: dict[str, dict[str, Any]] = {}
+    for method in methods:
+        rows = [r for r in records if r.get("method") == method]
+        ok = [r for r in rows if r.get("status") == "ok"]
+        summary: dict[str, Any] = {"items": len(rows), "ok": len(ok), "failed": len(rows) - len(ok)}
+        for column in SUMMARY_COLUMNS:
+            if column in ("seconds", "n_evals"):
+                values = [r.get(column) for r in ok]
+            else:
+                values = [(r.get("metrics") or {}).get(column) for r in ok]
+            summary[column] = _mean(values)
+        out[method] = summary
+    return out
+
+
+def _csv_text(value: Any) -> str:
+    """Cells of untrusted text (labels, file names, errors) must not start a spreadsheet formula."""
+    text = "" if value is None else str(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+def results_csv(records: Sequence[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for r in records:
+        m = r.get("metrics") or {}
+        files = r.get("files") or {}
+        top = "; ".join(f"{t['label']}:{t['probability']:.4f}" for t in r.get("top") or [])
+        row = {"image": _csv_text(r.get("image")), "key": r.get("key"), "method": r.get("method"),
+               "status": r.get("status"), "error": _csv_text(r.get("error")), "target": r.get("target"),
+               "label": _csv_text(r.get("label")), "score": r.get("score"), "score_space": r.get("score_space"),
+               "probability": r.get("probability"), "top_k": _csv_text(top),
+               "params": json.dumps(r.get("params"), sort_keys=True) if r.get("params") is not None else "",
+               "seconds": r.get("seconds"), "n_evals": r.get("n_evals"),
+               "overlay": files.get("overlay"), "npz": files.get("npz")}
+        for column in CSV_COLUMNS:
+            if column not in row:
+                row[column] = m.get(column)
+        writer.writerow(["" if row[c] is None else row[c] for c in CSV_COLUMNS])
+    return buffer.getvalue()
+
+
+def write_outputs(out: Path, records: Sequence[dict[str, Any]], methods: dict[str, dict[str, Any]],
+                  config: ReportConfig, card: dict[str, Any]) -> None:
+    """results.json, results.csv and index.html from the records (each written atomically)."""
+    from ..methods import METHODS
+    from .html import render
+
+    run = {"config": config.to_dict(), "command": config.command, "model": card,
+           "registered_methods": sorted(METHODS), "versions": _versions()}
+    write_text_atomic(out / "results.json", _dumps({"run": run, "methods": methods, "results": list(records)}))
+    write_text_atomic(out / "results.csv", results_csv(records))
+    write_text_atomic(out / "index.html", render(out, run=_clean(run), methods=_clean(methods),
+                                                 records=_clean(list(records))))
+
+
+def _versions() -> dict[str, str]:
+    import onnxruntime
+
+    from .. import __version__
+
+    return {"blackbox": __version__, "onnxruntime": onnxruntime.__version__, "numpy": np.__version__}
+
