@@ -220,11 +220,12 @@ def pointing_game(heatmap: Any, *, mask: Any = None, box: Sequence[float] | None
 def saliency_fraction(heatmap: Any, *, mask: Any = None, box: Sequence[float] | None = None) -> float:
     """Share of the positive saliency inside the region (Score-CAM's energy-based pointing game): 1 means
     all evidence is in the region; a map unrelated to it scores about the region's area fraction.
-    NaN when the map has no positive value."""
+    A map that is positive everywhere (RISE: a probability-weighted mean mask) is first shifted so its
+    minimum is 0, since a constant offset is no evidence anywhere. NaN when nothing is left."""
     h = np.nan_to_num(np.asarray(heatmap.model_heatmap if hasattr(heatmap, "model_heatmap") else heatmap,
                                  dtype=np.float64))
     region = region_mask(h.shape, mask=mask, box=box)
-    positive = np.maximum(h, 0.0)
+    positive = np.maximum(h - max(float(h.min()), 0.0), 0.0)
     total = float(positive.sum())
     return float(positive[region].sum() / total) if total > 0 else float("nan")
 
@@ -370,9 +371,9 @@ def _reload(model: "Model", proto: onnx.ModelProto) -> "Model":
     from .model import load
 
     return load(proto, preprocess=model.preprocess, labels=None if model.labels is None else list(model.labels.names),
-                device=str(model.device) if model.device.kind == "cuda" else "cpu",
+                device=f"cuda:{model.device.index}" if model.device.kind == "cuda" else "cpu",
                 input_name=model.image.name, output_name=model.output.name, output_kind=model.output_kind,
-                layout=model.layout, inputs=dict(model.constants) or None, batch_size=model._requested_batch)
+                layout=model.layout, inputs=dict(model.constants) or None, batch_size=getattr(model, "_requested_batch", None))
 
 
 def sanity_check(model: "Model", x: Any, method: str, *, target: Any = None, mode: str = "cascading",

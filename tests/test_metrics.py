@@ -4,6 +4,7 @@ infidelity / max-sensitivity against Captum on the same model."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import cv2
 import numpy as np
@@ -162,9 +163,11 @@ def tiny_torch(tmp_path_factory):
                               torch.nn.Tanh(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
                               torch.nn.Linear(8, 4)).eval()
     path = tmp_path_factory.mktemp("tiny") / "tiny.onnx"
-    torch.onnx.export(net, torch.zeros(1, 3, 12, 12), str(path), dynamo=False, opset_version=17,
-                      input_names=["pixels"], output_names=["logits"],
-                      dynamic_axes={"pixels": {0: "N"}, "logits": {0: "N"}})
+    with warnings.catch_warnings():  # the TorchScript exporter warns that it is legacy: chosen on purpose
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(net, torch.zeros(1, 3, 12, 12), str(path), dynamo=False, opset_version=17,
+                          input_names=["pixels"], output_names=["logits"],
+                          dynamic_axes={"pixels": {0: "N"}, "logits": {0: "N"}})
     model = blackbox.load(path, preprocess="none", device="cpu")
     x = np.random.default_rng(1).normal(size=(3, 12, 12)).astype(np.float32)
     return torch, net, model, x

@@ -118,3 +118,11 @@ def test_model_space_input_gives_the_same_scores(models):
     from_path = model.predict(str(real("images", "pelican.jpg")))
     from_tensor = model.predict(prepared.x)
     np.testing.assert_allclose(from_path, from_tensor, rtol=1e-6)
+
+
+def test_logit_of_a_softmax_model_is_its_log_probability(models):
+    """SqueezeNet is opset 7 with a softmax output: the logit head must still build and run."""
+    model = models["squeezenet1.0-fp16.onnx"]
+    x = model.preprocess(str(real("images", "kitten_224.png"))).x
+    np.testing.assert_allclose(model.scores(x, score="logit"), np.log(model.scores(x, score="probability")),
+                               rtol=1e-4, atol=1e-4)

@@ -109,8 +109,10 @@ def _score_head(b: _Builder, out: ScoreOutput, score: str) -> str:
         return flat
     if score == "logit":
         if out.kind == "probabilities":
+            # + 1e-30 only changes exact zeros (below float32's resolution next to any p > 1e-23) and,
+            # unlike Max, broadcasts in every opset (several real models are opset 7)
             tiny = b.constant("tiny", np.array(1e-30, dtype=np.float32))
-            return b.op("Log", [b.op("Max", [flat, tiny], "pos")], "logp")
+            return b.op("Log", [b.op("Add", [flat, tiny], "pos")], "logp")
         return flat
     raise ValueError(f"unknown score {score!r}")
 

@@ -92,25 +92,32 @@ def tv_penalty(masks: np.ndarray, beta: float) -> tuple[np.ndarray, np.ndarray]:
     return values, grad
 
 
-def area_penalty(masks: np.ndarray, areas: Sequence[float], tiebreak: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def area_penalty(masks: np.ndarray, areas: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     """Extremal perturbation's area rank penalty of full-size masks [K, H, W] and its gradient.
 
     R_k = mean((sort(M_k) - r_k)^2) with r_k the step vector of (1 - a_k) N zeros then a_k N ones: it is
     zero exactly when M_k is binary with a fraction a_k of ones, whatever the ones' layout. The gradient
-    is 2 (sort(M) - r) / N sent back through the sort permutation. Ties (a flat start) are ordered by
-    ``tiebreak`` (a fixed random permutation key) so no image region is favoured by raster order."""
+    is 2 (sort(M) - r) / N sent back through the sort permutation. Where mask values tie (the flat start,
+    clipped plateaus) the sort order is arbitrary, so tied pixels share their block's mean gradient (the
+    symmetric subgradient): no pixel is singled out by raster order or by a random tie-break, and the
+    flat start shrinks uniformly, like an L1 pull, until the score breaks the symmetry."""
     k, height, width = masks.shape
     n = height * width
     flat = masks.reshape(k, n).astype(np.float64)
     values = np.empty(k)
     grad = np.empty_like(flat)
     for i, area in enumerate(areas):
-        order = np.lexsort((tiebreak, flat[i]))
+        order = np.argsort(flat[i], kind="stable")
+        ordered = flat[i, order]
         ref = np.zeros(n)
-        ref[int(n * (1.0 - area)):] = 1.0
-        diff = flat[i, order] - ref
+        ref[int(round(n * (1.0 - area))):] = 1.0
+        diff = ordered - ref
         values[i] = np.mean(diff * diff)
-        grad[i, order] = 2.0 * diff / n
+        # average the gradient over runs of equal values
+        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+        sums = np.add.reduceat(diff, starts)
+        lengths = np.diff(np.r_[starts, n])
+        grad[i, order] = np.repeat(2.0 * sums / lengths / n, lengths)
     return values, grad.reshape(k, height, width)
 
 
@@ -142,6 +149,23 @@ def _scorer(ctx: Context, baseline: np.ndarray, ry: np.ndarray, rx: np.ndarray, 
         return out.reshape(p, k)
 
     return f
+
+
+def _score_range(ctx: Context, baseline: np.ndarray, ry: np.ndarray, rx: np.ndarray, bar) -> tuple[float, float, float]:
+    """Scores of the intact input (keep 1) and of the fully perturbed one (keep 0): two evaluations.
+
+    Their difference is the score's dynamic range under this perturbation. The score term is divided by
+    it, so the regulariser weights mean the same in every score space (probability, logit) and for every
+    model: ``l1 = 1`` says that deleting everything costs as much as the whole score drop. Returns
+    (intact, perturbed, scale)."""
+    keep = np.stack([np.ones((1, ry.shape[1], rx.shape[1]), np.float32),
+                     np.zeros((1, ry.shape[1], rx.shape[1]), np.float32)])
+    ends = ctx.model.score_masks(ctx.x, keep, baseline=baseline, targets=[ctx.target], score=ctx.score,
+                                 ry=ry, rx=rx)[:, 0]
+    bar.update(2)
+    intact, perturbed = float(ends[0]), float(ends[1])
+    scale = max(abs(intact - perturbed), 1e-6, 1e-3 * abs(intact))
+    return intact, perturbed, scale
 
 
 def _heatmap_result(heatmap: np.ndarray, channels: int, n_evals: int, extras: dict) -> Result:
@@ -196,7 +220,8 @@ def meaningful_perturbation(ctx: Context, *, mode: str = "preserve", mask_size=2
     adam = Adam(lr=lr, lower=0.0, upper=1.0)
     objective = np.empty(steps)
     n_evals = 0
-    with ctx.bar(steps * 2 * n_directions + 1, f"meaningful_perturbation ({mode})") as bar:
+    with ctx.bar(steps * 2 * n_directions + 3, f"meaningful_perturbation ({mode})") as bar:
+        intact, perturbed, scale = _score_range(ctx, baseline, ry, rx, bar)
         # the model sees keep = m in both modes: the deletion game deletes where m is low
         f = _scorer(ctx, baseline, ry, rx, delete=False, bar=bar)
         for step in range(steps):
@@ -206,14 +231,15 @@ def meaningful_perturbation(ctx: Context, *, mode: str = "preserve", mask_size=2
             tv_value, tv_grad = tv_penalty(mask, tv_beta)
             area = float(np.mean(1.0 - mask)) if delete else float(np.mean(mask))
             area_grad = (-l1 if delete else l1) / mask.size
-            objective[step] = l1 * area + tv * tv_value[0] + sign * centre[0]
-            mask = adam.step(mask, sign * g_score + area_grad + tv * tv_grad)
+            objective[step] = l1 * area + tv * tv_value[0] + sign * centre[0] / scale
+            mask = adam.step(mask, sign * g_score / scale + area_grad + tv * tv_grad)
         final = float(f(mask[None])[0, 0])
-        n_evals += 1
+        n_evals += 3
     low = mask[0]
     heatmap = ry @ ((1.0 - low) if delete else low) @ rx.T
     return _heatmap_result(heatmap, channels, n_evals, {
-        "mask": low, "objective": objective, "final_score": final, "mode": mode, "blur_sigma": float(sigma)})
+        "mask": low, "objective": objective, "final_score": final, "intact_score": intact,
+        "blurred_score": perturbed, "mode": mode, "blur_sigma": float(sigma)})
 
 
 # --------------------------------------------------------------------------- extremal perturbation
@@ -279,7 +305,6 @@ def extremal_perturbation(ctx: Context, *, areas: Sequence[float] = (0.05, 0.1, 
     delete = variant == "delete"
     sign = 1.0 if delete else -1.0
     rng = ctx.rng()
-    tiebreak = rng.permutation(height * width)
     k = len(areas)
     params = np.ones((k, h, w), np.float32)
     adam = Adam(lr=lr, lower=0.0, upper=1.0)
@@ -287,7 +312,8 @@ def extremal_perturbation(ctx: Context, *, areas: Sequence[float] = (0.05, 0.1, 
     rewards = np.empty((k, steps))
     growth = area_growth ** (1.0 / max(steps - 1, 1))
     n_evals = 0
-    with ctx.bar(steps * 2 * n_directions * k + k, f"extremal_perturbation ({variant})") as bar:
+    with ctx.bar(steps * 2 * n_directions * k + k + 2, f"extremal_perturbation ({variant})") as bar:
+        intact, perturbed, scale = _score_range(ctx, baseline, ry, rx, bar)
         f = _scorer(ctx, baseline, ry, rx, delete=delete, bar=bar)
         for step in range(steps):
             weight = area_weight * growth ** step
@@ -295,14 +321,15 @@ def extremal_perturbation(ctx: Context, *, areas: Sequence[float] = (0.05, 0.1, 
                                                 kind=directions)
             n_evals += 2 * n_directions * k
             full = ry @ params @ rx.T  # [K, H, W]
-            penalty, d_full = area_penalty(full, areas, tiebreak)
+            penalty, d_full = area_penalty(full, areas)
             d_params = ry.T @ d_full @ rx  # back through the linear interpolation
             rewards[:, step] = centre
-            objective[:, step] = sign * centre + weight * penalty
-            params = adam.step(params, sign * g_score + weight * d_params)
+            objective[:, step] = sign * centre / scale + weight * penalty
+            params = adam.step(params, sign * g_score / scale + weight * d_params)
         final = f(params[None])[0]
-        n_evals += k
+        n_evals += k + 2
     masks = (ry @ params @ rx.T).astype(np.float32)
     return _heatmap_result(masks.sum(axis=0), channels, n_evals, {
         "areas": list(areas), "masks": masks, "params": params, "final_scores": np.asarray(final, np.float64),
-        "objective": objective, "score_curve": rewards, "variant": variant, "blur_sigma": float(sigma)})
+        "objective": objective, "score_curve": rewards, "intact_score": intact, "blurred_score": perturbed,
+        "variant": variant, "blur_sigma": float(sigma)})

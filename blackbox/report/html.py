@@ -30,7 +30,7 @@ h1{font-size:22px;margin:0 0 4px}h2{font-size:18px;margin:28px 0 8px;border-bott
 table{border-collapse:collapse;margin:6px 0}th,td{border:1px solid #ddd;padding:4px 7px;vertical-align:top}
 th{background:#f4f4f6;text-align:left}table.sortable th{cursor:pointer;user-select:none}
 table.sortable th[aria-sort=ascending]::after{content:" \\25B2"}table.sortable th[aria-sort=descending]::after{content:" \\25BC"}
-td.num{text-align:right;font-variant-numeric:tabular-nums}.grid td{text-align:center}.grid td.info{text-align:left;max-width:16em}
+td.num{text-align:right;font-variant-numeric:tabular-nums}.grid td{text-align:center}.grid td.info{text-align:left;max-width:16em;overflow-wrap:anywhere}
 .grid img{display:block;margin:0 auto}.small{font-size:12px;color:#555}.bad{color:#b00020}.ok{color:#1b7f3b}
 pre{background:#f6f6f8;padding:8px;overflow:auto;max-width:100%;white-space:pre-wrap;word-break:break-all}
 .cap{font-size:12px;margin-top:3px}.hint{max-width:70em;color:#333}code{background:#f3f3f3;padding:0 3px}

@@ -306,7 +306,9 @@ def _metric_names(config: ReportConfig, truth: Truth) -> list[str]:
 
 
 def _config_hash(config: ReportConfig, model_facts: dict[str, Any], method: str, truth: Truth) -> str:
-    facts = {"model": model_facts, "method": method, "params": config.params.get(method, {}),
+    from .. import __version__
+
+    facts = {"blackbox": __version__, "model": model_facts, "method": method, "params": config.params.get(method, {}),
              "target": truth.target if truth.target is not None else config.target, "score": config.score,
              "seed": config.seed, "metrics": _metric_names(config, truth), "step": config.step,
              "tolerance": config.tolerance, "sanity": [config.sanity_mode, config.sanity_layers],
@@ -437,6 +439,10 @@ def run_report(model: Any, inputs: Sequence[str] | Sequence[Entry], config: Repo
         raise ParameterError("--top must be at least 1")
     if config.sanity_mode not in ("cascading", "independent"):
         raise ParameterError("--sanity-mode must be cascading or independent")
+    if config.target is not None:  # a bad --target is the user's mistake, not 64 failed items
+        from ..api import resolve_target
+
+        resolve_target(model, config.target, None)
     if inputs and all(isinstance(e, Entry) for e in inputs):
         entries = list(inputs)
     else:

@@ -35,8 +35,10 @@ def _rectify(ctx, node, g, mask):
 
 @rule("Relu")
 def relu(ctx, node, grads):
-    x = node.input[0]
-    mask = ctx.emit("Greater", [x, ctx.scalar(0.0, x)])
+    # relu(x) > 0 exactly where x > 0. Reading the mask off the output leaves the input with one
+    # consumer, so ONNX Runtime can still fuse the forward Conv(+Add)+Relu.
+    y = node.output[0]
+    mask = ctx.emit("Greater", [y, ctx.scalar(0.0, y)])
     return [_rectify(ctx, node, grads[0], mask)]
 
 

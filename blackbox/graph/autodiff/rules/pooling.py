@@ -11,8 +11,10 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
-from onnx import numpy_helper
+from onnx import TensorProto, numpy_helper
 
 from . import rule
 from ..prepare import get_attr
@@ -38,10 +40,81 @@ def _pool_attrs(node, keep=("kernel_shape", "strides", "pads", "dilations", "cei
 def max_pool(ctx, node, grads):
     x = node.input[0]
     if len(node.output) > 1 and node.output[1] and get_attr(node, "storage_order", 0) == 0:
-        indices = node.output[1]
+        indices = node.output[1]  # the model computes them anyway
     else:
+        fast = _max_pool_by_offsets(ctx, node, grads[0])
+        if fast is not None:
+            return [fast]
         _, indices = ctx.emit("MaxPool", [x], 2, **_pool_attrs(node))
     return [scatter_add_flat(ctx, x, indices, grads[0])]
+
+
+_MAX_OFFSETS = 64  # window elements; larger windows use the Indices output
+
+
+def _max_pool_by_offsets(ctx, node, g):
+    """MaxPool's gradient from fast stock ops, without the ``Indices`` output: ONNX Runtime's CPU kernel
+    computes indices on a slow path (measured 50x the time of the pooling itself, more than the rest of
+    a ResNet backward pass).
+
+    With channels moved into the batch, a Conv with one-hot kernels unfolds each window into K =
+    prod(k) channels (the input padded with the lowest float first, so padding never equals a maximum;
+    the other products are exact zeros, so the values stay exact). Where a channel equals the pooled
+    output it contributes that element's flat position in the plane, elsewhere the window's last
+    element; the minimum over channels is the first maximum in row-major window order (PyTorch's tie
+    rule), and the gradient is scatter-added there. None when sizes are unknown, the plane is too large for exact
+    float32 positions, or the window is large (the caller then uses the Indices output).
+    An infinite input turns its neighbours' unfolded values into NaN: those windows then send their
+    gradient to their last element instead of their maximum.
+    """
+    x, y = node.input[0], node.output[0]
+    n, k, s, d, pb, _pe = spatial_attrs(ctx, node, x)
+    xs, ys = ctx.shape(x), ctx.shape(y)
+    if xs is None or ys is None or len(xs) != n + 2 or len(ys) != n + 2:
+        return None
+    ins, outs = xs[2:], ys[2:]
+    count, plane, windows = int(np.prod(k)), int(np.prod(ins)), int(np.prod(outs))
+    if not all(isinstance(v, int) and v > 0 for v in ins + outs) or count > _MAX_OFFSETS or plane >= 1 << 24:
+        return None
+    dtype = ctx.np_dtype(x)
+    # pad so that every (ceil_mode) window lies inside
+    ends = [max(0, (o - 1) * st + (kk - 1) * dd + 1 - b - i) for o, st, kk, dd, b, i in zip(outs, s, k, d, pb, ins)]
+    offsets = list(itertools.product(*[range(kk) for kk in k]))
+    onehot = np.zeros((count, 1, *k), dtype=dtype)
+    for j, at in enumerate(offsets):
+        onehot[(j, 0) + at] = 1
+    # flat position of window element j of every window; past-the-window where it is padding
+    grids = np.meshgrid(*[np.arange(o) * st - b for o, st, b in zip(outs, s, pb)], indexing="ij")
+    flat_stride = [int(np.prod(ins[i + 1:])) for i in range(n)]
+    table = np.zeros((count, *outs), np.int64)
+    inside = np.ones((count, *outs), bool)
+    for j, at in enumerate(offsets):
+        for axis, (grid, jj) in enumerate(zip(grids, at)):
+            coord = grid + jj * d[axis]
+            inside[j] &= (coord >= 0) & (coord < ins[axis])
+            table[j] += coord * flat_stride[axis]
+    last = np.where(inside, table, -1).max(axis=0)  # the window's last real element: never before a hit
+    table = np.where(inside, table, last[None])
+
+    xp = ctx.emit("Reshape", [x, ctx.ints([-1, 1] + list(ins))])
+    if any(pb) or any(ends):
+        lowest = ctx.const(np.array(np.finfo(dtype).min, dtype=dtype), hint="lowest")
+        xp = ctx.emit("Pad", [xp, ctx.ints([0, 0, *pb, 0, 0, *ends]), lowest])
+    u = ctx.emit("Conv", [xp, ctx.const(onehot, hint="window_onehot")], kernel_shape=list(k), strides=list(s),
+                 dilations=list(d))
+    hit = ctx.emit("Equal", [u, ctx.emit("Reshape", [y, ctx.ints([-1, 1] + list(outs))])])
+    # position = last + min_j(hit_j * (table_j - last)): arithmetic, as a broadcasting Where is slow
+    before = ctx.const((table - last[None])[None].astype(np.float32), hint="maxpool_before_last")
+    earliest = ctx.reduce("ReduceMin", ctx.emit("Mul", [ctx.emit("Cast", [hit], to=TensorProto.FLOAT), before]), [1],
+                          keepdims=True)
+    position = ctx.emit("Add", [earliest, ctx.const(last[None, None].astype(np.float32), hint="maxpool_last")])
+    position = ctx.emit("Cast", [position], to=TensorProto.INT64)
+    rows = ctx.ints([-1, windows])
+    zeros = ctx.emit("ConstantOfShape", [ctx.emit("Shape", [ctx.emit("Reshape", [x, ctx.ints([-1, plane])])])],
+                     value=numpy_helper.from_array(np.zeros(1, dtype=dtype), "value"))
+    out = ctx.emit("ScatterElements", [zeros, ctx.emit("Reshape", [position, rows]), ctx.emit("Reshape", [g, rows])],
+                   axis=1, reduction="add")
+    return ctx.reshape_like(out, x)
 
 
 @rule("GlobalMaxPool")

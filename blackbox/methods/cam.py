@@ -1,0 +1,243 @@
+"""Class activation maps: Grad-CAM and its variants, guided Grad-CAM and Score-CAM.
+
+One gradient pass taps a spatial layer ``A`` [K, h, w] (default: the last spatial activation before
+global pooling) and its gradient ``G = d score / d A``. As in pytorch-grad-cam's ``BaseCAM``, every
+variant only chooses **weights** broadcastable to ``A`` and the map is ``relu(sum_k weights_k * A_k)``:
+
+* ``grad_cam`` (Selvaraju et al. 2017): spatial mean of ``G``;
+* ``grad_cam_pp`` (Chattopadhyay et al. 2018): ``sum_ij alpha * relu(G)``, ``alpha = G^2 / (2 G^2 +
+  sum_ij(A) G^3)``, 0 where the denominator is 0 (pytorch-grad-cam adds 1e-6 to the denominator
+  instead, which makes its result depend on the gradients' scale; here it is exact);
+* ``xgrad_cam`` (Fu et al. 2020): ``sum_ij(G * A) / (sum_ij(A) + 1e-7)`` (pytorch-grad-cam's eps);
+* ``layer_cam`` (Jiang et al. 2021): ``relu(G)`` element-wise;
+* ``hires_cam`` (Draelos & Carin 2020): ``G`` element-wise.
+
+Defaults and conventions:
+
+* Score: ``logit`` — the raw output for logit models, which is what pytorch-grad-cam explains; for
+  models that output probabilities it is the log-probability (the softmax saturates gradients).
+* ``attributions`` is the raw CAM at the layer's resolution (float32 [h, w]), **not** min-max
+  normalised; pytorch-grad-cam's ``scale_cam_image`` is ``(cam - min) / (max - min)`` at layer
+  resolution, then ``cv2.resize``. That map is affine and commutes with bilinear upsampling, so
+  applying it to ``heatmap`` *with the layer-resolution min and max* gives pytorch-grad-cam's picture
+  exactly (the upsampled map's own extremes differ: half-pixel centres miss the low-res centres).
+  ``heatmap`` is the raw CAM upsampled bilinearly (half-pixel centres, as ``cv2.resize`` and
+  ``F.interpolate(align_corners=False)``) to the model input.
+* ``layer`` names a tensor of the (float) graph; ``model.gradients.spatial_layers()`` lists them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ParameterError
+from ..masks import linear_matrix
+from .base import Context, Result, register
+
+_XGRAD_EPS = 1e-7  # pytorch-grad-cam's XGradCAM stabiliser on sum(A)
+
+
+# ------------------------------------------------------------------------------------- shared steps
+def resolve_layer(model, layer: str | None) -> str:
+    """The CAM layer: ``layer`` checked against the spatial activations, or the default one."""
+    engine = model.gradients
+    if layer is None:
+        return engine.default_cam_layer()
+    spatial = engine.spatial_layers()
+    if layer not in spatial:
+        last = ", ".join(repr(n) for n in spatial[-5:])
+        raise ParameterError(f"layer {layer!r} is not a spatial activation of the model (a 4-D tensor with height x "
+                             f"width > 1); {len(spatial)} candidates, the last ones: {last} (default: "
+                             f"{engine.default_cam_layer()!r})")
+    return layer
+
+
+def layer_gradients(ctx: Context, layer: str) -> tuple[np.ndarray, np.ndarray]:
+    """One backward pass: (activations [K, h, w], gradients [K, h, w]) in float64 for the target's score."""
+    engine = ctx.model.gradients
+    out = engine.run(ctx.x[None], engine.one_hot(ctx.target), score=ctx.score, taps=(layer,))
+    value, grad = out.taps[layer]
+    return value[0].astype(np.float64), grad[0].astype(np.float64)
+
+
+def upsample_map(cam: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear (half-pixel) upsampling of a [h, w] map to [height, width]."""
+    ry = linear_matrix(cam.shape[0], height).astype(np.float64)
+    rx = linear_matrix(cam.shape[1], width).astype(np.float64)
+    return ry @ cam @ rx.T
+
+
+# ----------------------------------------------------------------------------------------- variants
+class BaseCAM:
+    """``relu(sum_k weights(A, G)_k * A_k)``; subclasses override :meth:`weights` only."""
+
+    name = "cam"
+
+    def weights(self, activations: np.ndarray, grads: np.ndarray) -> np.ndarray:
+        """Weights broadcastable to ``activations`` [K, h, w]: [K, 1, 1] per channel or [K, h, w]."""
+        raise NotImplementedError
+
+    def cam(self, activations: np.ndarray, grads: np.ndarray) -> np.ndarray:
+        return np.maximum((self.weights(activations, grads) * activations).sum(axis=0), 0.0)
+
+
+class GradCAM(BaseCAM):
+    name = "grad_cam"
+
+    def weights(self, activations, grads):
+        return grads.mean(axis=(1, 2), keepdims=True)
+
+
+class GradCAMPlusPlus(BaseCAM):
+    name = "grad_cam_pp"
+
+    def weights(self, activations, grads):
+        g2 = grads * grads
+        den = 2.0 * g2 + activations.sum(axis=(1, 2), keepdims=True) * g2 * grads
+        alpha = np.divide(g2, den, out=np.zeros_like(g2), where=den != 0)
+        return (alpha * np.maximum(grads, 0.0)).sum(axis=(1, 2), keepdims=True)
+
+
+class XGradCAM(BaseCAM):
+    name = "xgrad_cam"
+
+    def weights(self, activations, grads):
+        total = activations.sum(axis=(1, 2), keepdims=True)
+        return (grads * activations).sum(axis=(1, 2), keepdims=True) / (total + _XGRAD_EPS)
+
+
+class LayerCAM(BaseCAM):
+    name = "layer_cam"
+
+    def weights(self, activations, grads):
+        return np.maximum(grads, 0.0)
+
+
+class HiResCAM(BaseCAM):
+    name = "hires_cam"
+
+    def weights(self, activations, grads):
+        return grads
+
+
+def _cam_result(ctx: Context, variant: BaseCAM, layer: str | None) -> Result:
+    name = resolve_layer(ctx.model, layer)
+    activations, grads = layer_gradients(ctx, name)
+    cam = variant.cam(activations, grads)
+    _, height, width = ctx.shape
+    return Result(attributions=cam.astype(np.float32), heatmap=upsample_map(cam, height, width).astype(np.float32),
+                  n_evals=1, pixel_attributions=False, notes=list(ctx.model.gradients.notes),
+                  extras={"layer": name, "layer_shape": list(activations.shape)})
+
+
+_SUMMARY = "{} on a spatial layer (default: the last before global pooling); raw map at layer resolution"
+
+
+@register("grad_cam", default_score="logit", kind="gradient",
+          summary=_SUMMARY.format("Grad-CAM: channels weighted by mean gradient"))
+def grad_cam(ctx: Context, *, layer: str | None = None) -> Result:
+    """``layer``: tensor name (default None: the last spatial activation before global pooling)."""
+    return _cam_result(ctx, GradCAM(), layer)
+
+
+@register("grad_cam_pp", default_score="logit", kind="gradient",
+          summary=_SUMMARY.format("Grad-CAM++: channels weighted by alpha-weighted positive gradients"))
+def grad_cam_pp(ctx: Context, *, layer: str | None = None) -> Result:
+    """``layer``: tensor name (default None: the last spatial activation before global pooling)."""
+    return _cam_result(ctx, GradCAMPlusPlus(), layer)
+
+
+@register("xgrad_cam", default_score="logit", kind="gradient",
+          summary=_SUMMARY.format("XGrad-CAM: channels weighted by activation-normalised gradients"))
+def xgrad_cam(ctx: Context, *, layer: str | None = None) -> Result:
+    """``layer``: tensor name (default None: the last spatial activation before global pooling)."""
+    return _cam_result(ctx, XGradCAM(), layer)
+
+
+@register("layer_cam", default_score="logit", kind="gradient",
+          summary=_SUMMARY.format("LayerCAM: activations weighted element-wise by positive gradients"))
+def layer_cam(ctx: Context, *, layer: str | None = None) -> Result:
+    """``layer``: tensor name (default None: the last spatial activation before global pooling)."""
+    return _cam_result(ctx, LayerCAM(), layer)
+
+
+@register("hires_cam", default_score="logit", kind="gradient",
+          summary=_SUMMARY.format("HiResCAM: activations weighted element-wise by gradients"))
+def hires_cam(ctx: Context, *, layer: str | None = None) -> Result:
+    """``layer``: tensor name (default None: the last spatial activation before global pooling)."""
+    return _cam_result(ctx, HiResCAM(), layer)
+
+
+@register("guided_grad_cam", default_score="logit", kind="gradient",
+          summary="guided backprop times the upsampled Grad-CAM map (pixel attributions)")
+def guided_grad_cam(ctx: Context, *, layer: str | None = None) -> Result:
+    """Selvaraju et al.: the guided-backprop input gradient times the raw Grad-CAM map upsampled to
+    the input (pytorch-grad-cam's example multiplies by the min-max normalised map instead, which
+    differs where the CAM's minimum is not 0). ``layer`` as for ``grad_cam``. The heatmap is the sum
+    of |attribution| over channels: guided backprop's per-channel signs mostly encode colour."""
+    name = resolve_layer(ctx.model, layer)
+    activations, grads = layer_gradients(ctx, name)
+    cam = GradCAM().cam(activations, grads)
+    _, height, width = ctx.shape
+    up = upsample_map(cam, height, width)
+    engine = ctx.model.gradients
+    guided = engine.run(ctx.x[None], engine.one_hot(ctx.target), score=ctx.score, relu_mode="guided").grad[0]
+    attributions = guided.astype(np.float64) * up[None]
+    return Result(attributions=attributions.astype(np.float32), heatmap=np.abs(attributions).sum(axis=0).astype(
+        np.float32), n_evals=2, pixel_attributions=True, notes=list(engine.notes),
+        extras={"layer": name, "cam": cam.astype(np.float32)})
+
+
+# ----------------------------------------------------------------------------------------- Score-CAM
+def _upsampled_range(activations: np.ndarray, ry: np.ndarray, rx: np.ndarray, chunk: int = 64):
+    """Per-channel (min, max) of the bilinearly upsampled maps, in chunks (never all K full maps).
+
+    Needed because bilinear upsampling with half-pixel centres does not reproduce the low-res
+    extremes: for an even scale factor no output pixel centre falls on an input pixel centre, so the
+    upsampled maximum is a blend with the neighbours.
+    """
+    lows, highs = [], []
+    for start in range(0, len(activations), chunk):
+        up = ry @ activations[start:start + chunk] @ rx.T
+        lows.append(up.min(axis=(1, 2)))
+        highs.append(up.max(axis=(1, 2)))
+    return np.concatenate(lows), np.concatenate(highs)
+
+
+@register("score_cam", default_score="probability", kind="gradient",
+          summary="Score-CAM: channels weighted by the score of the input masked by each activation map")
+def score_cam(ctx: Context, *, layer: str | None = None) -> Result:
+    """Wang et al. 2020, as their reference code: each activation map ``A_k`` of ``layer`` is upsampled
+    to the input, min-max normalised to [0, 1] and used as a keep-mask over a zero baseline (``x * m``
+    in model space); its weight is the target's score for that input (default: softmax probability),
+    and the map is ``relu(sum_k w_k A_k)``. Constant maps are skipped (weight 0), as in the reference
+    code. (pytorch-grad-cam instead softmaxes the raw target scores across channels.) Forward passes
+    only (the activations come from one tapped pass), all batched through the perturbation engine:
+    the low-res maps are the masks and the bilinear upsampling happens in the graph. ``layer`` as for
+    ``grad_cam``."""
+    name = resolve_layer(ctx.model, layer)
+    engine = ctx.model.gradients
+    # the tapped pass only supplies activations; score "logit" shares the session with the Grad-CAM family
+    out = engine.run(ctx.x[None], engine.one_hot(ctx.target), score="logit", taps=(name,))
+    activations = out.taps[name][0][0].astype(np.float64)
+    _, height, width = ctx.shape
+    ry = linear_matrix(activations.shape[1], height).astype(np.float64)
+    rx = linear_matrix(activations.shape[2], width).astype(np.float64)
+    low, high = _upsampled_range(activations, ry, rx)
+    # Normalising is affine and each interpolation row sums to 1, so normalising the low-res map with
+    # the upsampled map's min/max equals normalising the upsampled map.
+    live = np.flatnonzero(high > low)
+    masks = (activations[live] - low[live, None, None]) / (high - low)[live, None, None]
+    weights = np.zeros(len(activations))
+    if len(live):
+        with ctx.bar(len(live), "score_cam") as bar:
+            scores = ctx.model.score_masks(ctx.x, masks[:, None].astype(np.float32), baseline=np.zeros_like(ctx.x),
+                                           targets=[ctx.target], score=ctx.score, ry=ry.astype(np.float32),
+                                           rx=rx.astype(np.float32), progress=bar.update)
+        weights[live] = scores[:, 0]
+    cam = np.maximum(np.einsum("k,khw->hw", weights, activations), 0.0)
+    return Result(attributions=cam.astype(np.float32), heatmap=upsample_map(cam, height, width).astype(np.float32),
+                  n_evals=len(live) + 1, pixel_attributions=False, notes=list(engine.notes),
+                  extras={"layer": name, "layer_shape": list(activations.shape),
+                          "channel_weights": weights.astype(np.float32),
+                          "constant_maps": int(len(weights) - len(live))})

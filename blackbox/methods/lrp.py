@@ -1,0 +1,52 @@
+"""Layer-wise relevance propagation (Bach et al. 2015) on the ONNX graph.
+
+The differentiator runs with LRP rules in place of the gradient rules of linear ops
+(``blackbox.graph.autodiff.rules.lrp``); relevance is ``input * modified gradient``. Relevance starts at
+the target's score (default ``raw``: the logit for logit models) and is conserved layer to layer by
+the epsilon rule up to what biases absorb (and what ``epsilon`` absorbs). Meant for Conv / Gemm /
+ReLU / pooling / BatchNormalization / Add networks; other non-linear ops are crossed by their
+gradient, without conservation. Models whose output is a softmax start from the probability and
+cross the softmax by its gradient (no conservation there either): prefer a logit output.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..errors import ParameterError
+from ..graph.autodiff.rules.lrp import LRP_RULES, lrp_rules
+from .base import Context, Result, register
+
+
+@register("lrp", default_score="raw", kind="gradient",
+          summary="layer-wise relevance propagation (epsilon or alpha-beta rule); relevance sums to the score")
+def lrp(ctx: Context, *, rule: str = "epsilon", epsilon: float = 1e-6, alpha: float = 1.0,
+        beta: float = 0.0) -> Result:
+    """``rule``: ``"epsilon"`` (default; every linear op, pooling, BatchNormalization and Add
+    redistribute ``R_j a_i w_ji / (z_j + epsilon sign(z_j))``) or ``"alpha_beta"`` (Conv/Gemm/MatMul
+    split positive and negative contributions, ``alpha`` (default 1) times the positive share minus
+    ``beta`` (default 0) times the negative share; ``alpha - beta`` must be 1; the other ops keep the
+    epsilon rule). ``epsilon`` (default 1e-6, zennit's; Captum's is 1e-9) also stabilises the
+    alpha-beta denominators. The attributions are pixel relevances [C, H, W]; the heatmap sums them
+    over channels."""
+    if rule not in LRP_RULES:
+        raise ParameterError(f"unknown LRP rule {rule!r}: use one of {', '.join(LRP_RULES)}")
+    for label, value in (("epsilon", epsilon), ("alpha", alpha), ("beta", beta)):
+        if not isinstance(value, (int, float, np.integer, np.floating)) or not math.isfinite(value) or value < 0:
+            raise ParameterError(f"{label} must be a finite number >= 0, got {value!r}")
+    if rule == "alpha_beta" and abs(alpha - beta - 1.0) > 1e-9:
+        raise ParameterError(f"alpha - beta must be 1 for the alpha-beta rule to conserve relevance; "
+                             f"got alpha={alpha}, beta={beta}")
+    epsilon, alpha, beta = float(epsilon), float(alpha), float(beta)
+    overrides = lrp_rules(rule, epsilon=epsilon, alpha=alpha, beta=beta)
+    key = f"lrp:{rule}:{epsilon!r}" + (f":{alpha!r}:{beta!r}" if rule == "alpha_beta" else "")
+    engine = ctx.model.gradients
+    out = engine.run(ctx.x[None], engine.one_hot(ctx.target), score=ctx.score, rule_overrides=overrides,
+                     overrides_key=key)
+    relevance = out.grad[0].astype(np.float64) * ctx.x.astype(np.float64)
+    score = float(out.scores[0, ctx.target])
+    return Result(attributions=relevance.astype(np.float32), heatmap=relevance.sum(axis=0).astype(np.float32),
+                  n_evals=1, pixel_attributions=True, notes=list(engine.notes),
+                  extras={"rule": rule, "relevance_sum": float(relevance.sum()), "score": score})
