@@ -215,3 +215,84 @@ def test_real_models(name):
             assert any(precision in note for note in exp.notes), exp.notes
             exp.save_overlay(OVERLAYS / f"{Path(name).stem}_{Path(image).stem}_{method}.png")
     assert os.listdir(OVERLAYS)
+
+
+# ------------------------------------------------------------------- the MaxPool rule's two paths
+class _ScaleReluPool(torch.nn.Module):
+    """Per-channel affine -> ReLU -> MaxPool: no Conv, so the spatial size may stay unknown."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor([1.5, -0.7]).view(1, 2, 1, 1))
+        self.shift = torch.nn.Parameter(torch.tensor([0.1, -0.2]).view(1, 2, 1, 1))
+
+    def affine(self, x):
+        return x * self.scale + self.shift
+
+    def forward(self, x):
+        r = torch.relu(self.affine(x))
+        return torch.nn.functional.max_pool2d(r, 3, 2, 1).flatten(1), r
+
+
+def _conv_relu_pool(dynamic_spatial: bool):
+    import io
+
+    import onnx
+
+    torch.manual_seed(1)
+    net = _ScaleReluPool().eval()
+    x = torch.randn(2, 2, 9, 8)
+    axes = {0: "N", 2: "H", 3: "W"} if dynamic_spatial else {0: "N"}
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (x,), buffer, dynamo=False, opset_version=17, input_names=["x"],
+                          output_names=["y", "r"], dynamic_axes={"x": axes, "y": {0: "N"}, "r": axes})
+    return net, x, onnx.load_from_string(buffer.getvalue())
+
+
+@pytest.mark.parametrize("dynamic_spatial", [False, True])
+@pytest.mark.parametrize("mode", ["plain", "guided", "deconvnet"])
+def test_max_pool_gradient_paths_match_torch(dynamic_spatial, mode):
+    """Static sizes take the one-hot-Conv path (no Indices output in the gradient graph); unknown
+    sizes fall back to MaxPool's Indices output. Ties (ReLU zeros, repeated values) go to the first
+    index; the tapped ReLU output gets its true gradient although its mask moved into the MaxPool rule."""
+    import onnxruntime as ort
+
+    from blackbox.graph.autodiff import build_gradient_model
+
+    net, x, model = _conv_relu_pool(dynamic_spatial)
+    x[0, :, 2:6, 2:6] = 0.25  # plateaus: ties inside windows
+    seed = np.random.default_rng(0).standard_normal((2, 2 * 5 * 4)).astype(np.float32)
+    runs = {}
+    for taps in ((), ("r",)):  # a tap on the ReLU output keeps the mask in the Relu rule
+        gm = build_gradient_model(model, input_name="x", score_name="y", taps=taps, relu_mode=mode)
+        uses_indices = any(n.op_type == "MaxPool" and len(n.output) > 1 for n in gm.model.graph.node)
+        assert uses_indices == dynamic_spatial
+        sess = ort.InferenceSession(gm.model.SerializeToString(), providers=["CPUExecutionProvider"])
+        runs[taps] = sess.run(list(gm.output_names), {"x": x.numpy(), "seed": seed})
+    grad, tap_grad = runs[("r",)][1], runs[("r",)][3]
+    np.testing.assert_array_equal(runs[()][1], grad)
+
+    xt = x.clone().requires_grad_(True)
+    if mode != "plain":
+        class Rectify(torch.autograd.Function):  # torch.relu with the modified backward
+            @staticmethod
+            def forward(ctx, z):
+                ctx.save_for_backward(z)
+                return z.clamp(min=0)
+
+            @staticmethod
+            def backward(ctx, g):
+                (z,) = ctx.saved_tensors
+                g = g.clamp(min=0)
+                return g if mode == "deconvnet" else g * (z > 0)
+
+        r = Rectify.apply(net.affine(xt))
+    else:
+        r = torch.relu(net.affine(xt))
+    r.retain_grad()
+    y = torch.nn.functional.max_pool2d(r, 3, 2, 1).flatten(1)
+    (y * torch.tensor(seed)).sum().backward()
+    np.testing.assert_allclose(tap_grad, r.grad.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(grad, xt.grad.numpy(), rtol=1e-4, atol=1e-5 * float(np.abs(xt.grad.numpy()).max()))

@@ -209,3 +209,17 @@ def test_labels_file_and_samples() -> None:
         mask = cv2.imread(str(samples / f"{name}_mask.png"), cv2.IMREAD_UNCHANGED)
         assert image.shape == (64, 64, 3) and mask.shape == (64, 64), name
         assert set(np.unique(mask)) == {0, 255}, name
+
+
+def test_sample_shortcut_demo() -> None:
+    """The demo samples behave as models/README.md says: the watermark fools only the shortcut model."""
+    samples = MODELS / "samples"
+    if not (samples / "circle_watermarked.png").exists():
+        pytest.skip("models not built")
+    names = ["circle", "triangle", "circle_watermarked", "triangle_watermarked"]
+    images = np.stack([cv2.imread(str(samples / f"{n}.png"))[:, :, ::-1] for n in names])
+    clean = _predict(_session(CLEAN), images)
+    shortcut = _predict(_session(SHORTCUT), images)
+    assert [CLASSES[i] for i in clean] == ["circle", "triangle", "circle", "triangle"]
+    assert CLASSES[shortcut[0]] == "circle" and CLASSES[shortcut[1]] != "triangle"
+    assert [CLASSES[i] for i in shortcut[2:]] == ["triangle", "triangle"]

@@ -59,6 +59,14 @@ def _check_bool(value, name: str) -> bool:
     return bool(value)
 
 
+def _check_scale(value, name: str) -> float:
+    """A finite number >= 0 (noise standard deviations)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(value) or value < 0:
+        raise ParameterError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
 def integration_points(n_steps: int, integration: str) -> tuple[np.ndarray, np.ndarray]:
     """(alphas, weights) of Captum's quadrature rules on [0, 1]: Gauss-Legendre nodes/weights, or a
     Riemann sum (left/right/middle: equal weights 1/n; trapezoid: n points from 0 to 1, ends halved)."""
@@ -163,13 +171,9 @@ def smoothgrad(ctx: Context, *, n_samples: int = 50, noise: float | None = None,
         raise ParameterError(f"unknown variant {variant!r}: use one of {', '.join(SMOOTHGRAD_VARIANTS)}")
     x = ctx.x
     if noise is not None:
-        if not np.isfinite(noise) or noise < 0:
-            raise ParameterError(f"noise (standard deviation) must be a finite number >= 0, got {noise!r}")
-        std = float(noise)
+        std = _check_scale(noise, "noise (the standard deviation)")
     else:
-        if not np.isfinite(noise_level) or noise_level < 0:
-            raise ParameterError(f"noise_level must be a finite number >= 0, got {noise_level!r}")
-        std = float(noise_level) * float(x.max() - x.min())
+        std = _check_scale(noise_level, "noise_level") * float(x.max() - x.min())
     samples = x[None] + draw_noise(ctx.rng(), int(n_samples), x.shape, std)
     grads = _gradients(ctx, samples, desc="smoothgrad").astype(np.float64)
     per_sample = np.abs(grads) if use_abs else grads

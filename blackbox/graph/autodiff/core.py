@@ -85,6 +85,17 @@ class GradContext:
         self._used = {n for node in model.graph.node for n in (*node.input, *node.output)}
         self._used.update(i.name for i in model.graph.input)
         self._used.update(self._inits)
+        self.producers = {o: n for n in model.graph.node for o in n.output if o}
+        self.uses: dict[str, int] = defaultdict(int)
+        for n in model.graph.node:
+            for i in n.input:
+                self.uses[i] += 1
+        for o in model.graph.output:
+            self.uses[o.name] += 1
+        self.rules: Mapping[str, Rule] = RULES  # the rules in effect (overrides included)
+        # gradient tensor -> forward tensor: the gradient is already zero wherever that tensor is <= 0
+        # (set by a rule that can mask cheaply, read by the Relu rule to skip its own mask)
+        self.zero_where_nonpositive: dict[str, str] = {}
         self._count = 0
         self._shape_cache: dict[str, str] = {}
         self._const_cache: dict[tuple, str] = {}
@@ -212,7 +223,22 @@ class GradContext:
         return self._shape_cache[name]
 
     def reshape_like(self, grad: str, like: str) -> str:
+        """``grad`` reshaped to the shape of ``like``; a constant target (-1 for the one dynamic dim,
+        usually the batch) when possible, which saves a Shape node per reshape at run time."""
+        s = self.shape(like)
+        if s is not None and sum(not isinstance(d, int) for d in s) == 1 and \
+                all(d > 0 for d in s if isinstance(d, int)):
+            return self.emit("Reshape", [grad, self.ints([d if isinstance(d, int) else -1 for d in s])])
         return self.emit("Reshape", [grad, self.shape_of(like)])
+
+    def expand_over(self, grad: str, like: str, axes: Sequence[int]) -> str:
+        """Broadcast ``grad`` (shaped like ``like`` with size 1 on ``axes``) back to ``like``'s shape. A
+        constant target (1 on the other axes) when the sizes of ``axes`` are fixed: no Shape at run time."""
+        s = self.shape(like)
+        if s is not None and all(isinstance(s[a], int) for a in axes):
+            target = [s[a] if a in axes else 1 for a in range(len(s))]
+            return self.emit("Expand", [grad, self.ints(target)])
+        return self.emit("Expand", [grad, self.shape_of(like)])
 
     def zeros_like(self, like: str) -> str:
         zero = numpy_helper.from_array(np.zeros(1, dtype=self.np_dtype(like)), "value")
@@ -374,6 +400,7 @@ def build_gradient_model(
     needs = (active & ancestors) - inits
 
     ctx = GradContext(m, needs, relu_mode)
+    ctx.rules = rules
     seed = SEED_NAME if SEED_NAME not in ctx._used else ctx.fresh(SEED_NAME)
     ctx._used.add(seed)
     contribs: dict[str, list[str]] = defaultdict(list)

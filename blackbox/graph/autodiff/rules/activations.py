@@ -38,6 +38,9 @@ def relu(ctx, node, grads):
     # relu(x) > 0 exactly where x > 0. Reading the mask off the output leaves the input with one
     # consumer, so ONNX Runtime can still fuse the forward Conv(+Add)+Relu.
     y = node.output[0]
+    if ctx.relu_mode != "deconvnet" and ctx.zero_where_nonpositive.get(grads[0]) == y:
+        # the incoming gradient already respects the mask (see the MaxPool rule)
+        return [ctx.emit("Relu", [grads[0]]) if ctx.relu_mode == "guided" else grads[0]]
     mask = ctx.emit("Greater", [y, ctx.scalar(0.0, y)])
     return [_rectify(ctx, node, grads[0], mask)]
 

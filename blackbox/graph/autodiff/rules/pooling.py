@@ -1,8 +1,11 @@
 """Pooling.
 
-* MaxPool: the forward op is re-run with its ``Indices`` output (flat indices into the whole input, ties
-  resolved to the first index, as PyTorch does) and the gradient is ``ScatterElements(reduction="add")``
-  into zeros. ``MaxUnpool`` would be wrong where windows overlap.
+* MaxPool: the gradient is ``ScatterElements(reduction="add")`` into zeros at each window's first
+  maximum (ties resolved to the first index in row-major window order, as PyTorch does; ``MaxUnpool``
+  would be wrong where windows overlap). The positions come from a one-hot Conv unfolding the windows
+  (see ``_max_pool_by_offsets``); the forward op's own ``Indices`` output is used only when the model
+  computes it anyway or the window is large, because ONNX Runtime's CPU kernel computes indices on a
+  path 50x slower than the pooling.
 * AveragePool: each window's gradient is scaled by 1/divisor and spread over its window with a
   ConvTranspose of a ones kernel. The divisor map is taken from ONNX Runtime itself —
   ``AveragePool(ones) / valid_count`` where ``valid_count`` counts the real (non-pad) elements of each
@@ -16,7 +19,7 @@ import itertools
 import numpy as np
 from onnx import TensorProto, numpy_helper
 
-from . import rule
+from . import RULES, rule
 from ..prepare import get_attr
 from .conv import spatial_attrs, transpose_pads
 
@@ -58,11 +61,12 @@ def _max_pool_by_offsets(ctx, node, g):
     a ResNet backward pass).
 
     With channels moved into the batch, a Conv with one-hot kernels unfolds each window into K =
-    prod(k) channels (the input padded with the lowest float first, so padding never equals a maximum;
-    the other products are exact zeros, so the values stay exact). Where a channel equals the pooled
-    output it contributes that element's flat position in the plane, elsewhere the window's last
-    element; the minimum over channels is the first maximum in row-major window order (PyTorch's tie
-    rule), and the gradient is scatter-added there. None when sizes are unknown, the plane is too large for exact
+    prod(k) channels (the other products are exact zeros, so the values stay exact). Channel j holding
+    the pooled output marks a maximum; it contributes ``table_j - last`` (its flat position in the plane
+    minus that of the window's last element, so <= 0), every other channel 0, and padding always 0
+    (zero padding may equal a maximum of 0, but then the real element that equals it is found too).
+    ``last + min_j`` is the first maximum in row-major window order (PyTorch's tie rule), and the
+    gradient is scatter-added there. None when sizes are unknown, the plane is too large for exact
     float32 positions, or the window is large (the caller then uses the Indices output).
     An infinite input turns its neighbours' unfolded values into NaN: those windows then send their
     gradient to their last element instead of their maximum.
@@ -73,8 +77,10 @@ def _max_pool_by_offsets(ctx, node, g):
     if xs is None or ys is None or len(xs) != n + 2 or len(ys) != n + 2:
         return None
     ins, outs = xs[2:], ys[2:]
+    if not all(isinstance(v, int) and v > 0 for v in ins + outs):
+        return None
     count, plane, windows = int(np.prod(k)), int(np.prod(ins)), int(np.prod(outs))
-    if not all(isinstance(v, int) and v > 0 for v in ins + outs) or count > _MAX_OFFSETS or plane >= 1 << 24:
+    if count > _MAX_OFFSETS or plane >= 1 << 24:
         return None
     dtype = ctx.np_dtype(x)
     # pad so that every (ceil_mode) window lies inside
@@ -97,11 +103,8 @@ def _max_pool_by_offsets(ctx, node, g):
     table = np.where(inside, table, last[None])
 
     xp = ctx.emit("Reshape", [x, ctx.ints([-1, 1] + list(ins))])
-    if any(pb) or any(ends):
-        lowest = ctx.const(np.array(np.finfo(dtype).min, dtype=dtype), hint="lowest")
-        xp = ctx.emit("Pad", [xp, ctx.ints([0, 0, *pb, 0, 0, *ends]), lowest])
     u = ctx.emit("Conv", [xp, ctx.const(onehot, hint="window_onehot")], kernel_shape=list(k), strides=list(s),
-                 dilations=list(d))
+                 dilations=list(d), pads=list(pb) + ends)
     hit = ctx.emit("Equal", [u, ctx.emit("Reshape", [y, ctx.ints([-1, 1] + list(outs))])])
     # position = last + min_j(hit_j * (table_j - last)): arithmetic, as a broadcasting Where is slow
     before = ctx.const((table - last[None])[None].astype(np.float32), hint="maxpool_before_last")
@@ -109,12 +112,23 @@ def _max_pool_by_offsets(ctx, node, g):
                           keepdims=True)
     position = ctx.emit("Add", [earliest, ctx.const(last[None, None].astype(np.float32), hint="maxpool_last")])
     position = ctx.emit("Cast", [position], to=TensorProto.INT64)
+    # MaxPool(Relu(z)): the Relu's mask at a window's maximum is (y > 0), so it can be applied here, to
+    # 1/stride^2 of the values, and the Relu rule passes the gradient through (unless DeconvNet, which
+    # ignores the mask, or a rule override replaces the Relu rule)
+    relu = ctx.producers.get(x)
+    premask = (relu is not None and relu.op_type == "Relu" and relu.domain in ("", "ai.onnx") and ctx.uses[x] == 1
+               and ctx.rules.get("Relu") is RULES["Relu"] and ctx.relu_mode != "deconvnet")
+    if premask:
+        g = ctx.emit("Where", [ctx.emit("Greater", [y, ctx.scalar(0.0, y)]), g, ctx.scalar(0.0, y)])
     rows = ctx.ints([-1, windows])
     zeros = ctx.emit("ConstantOfShape", [ctx.emit("Shape", [ctx.emit("Reshape", [x, ctx.ints([-1, plane])])])],
                      value=numpy_helper.from_array(np.zeros(1, dtype=dtype), "value"))
     out = ctx.emit("ScatterElements", [zeros, ctx.emit("Reshape", [position, rows]), ctx.emit("Reshape", [g, rows])],
                    axis=1, reduction="add")
-    return ctx.reshape_like(out, x)
+    gx = ctx.reshape_like(out, x)
+    if premask:
+        ctx.zero_where_nonpositive[gx] = x
+    return gx
 
 
 @rule("GlobalMaxPool")
@@ -173,4 +187,4 @@ def global_average_pool(ctx, node, grads):
         scale = ctx.emit("Div", [ctx.emit("Cast", [ctx.emit("Size", [y])], to=ctx.dtype(x)),
                                  ctx.emit("Cast", [ctx.emit("Size", [x])], to=ctx.dtype(x))])
     g = ctx.emit("Mul", [grads[0], scale])
-    return [ctx.emit("Expand", [g, ctx.shape_of(x)])]
+    return [ctx.expand_over(g, x, range(2, ctx.rank(x)))]

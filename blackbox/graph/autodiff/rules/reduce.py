@@ -49,7 +49,7 @@ def reduce_sum_mean(ctx, node, grads):
             scale = ctx.emit("Div", [ctx.emit("Cast", [ctx.emit("Size", [y])], to=ctx.dtype(x)),
                                      ctx.emit("Cast", [ctx.emit("Size", [x])], to=ctx.dtype(x))])
         g = ctx.emit("Mul", [g, scale])
-    return [ctx.emit("Expand", [g, ctx.shape_of(x)]), None]
+    return [ctx.expand_over(g, x, axes), None]
 
 
 @rule("ReduceMax", "ReduceMin")

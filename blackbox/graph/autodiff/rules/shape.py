@@ -159,6 +159,9 @@ def gather(ctx, node, grads):
     x, indices = node.input[0], node.input[1]
     r = ctx.rank(x)
     axis = get_attr(node, "axis", 0) % r
+    padded = _gather_range_as_pad(ctx, x, indices, axis, grads[0])
+    if padded is not None:
+        return [padded, None]
     idx = _normalized_indices(ctx, indices, x, axis)
     parts = []
     if axis > 0:
@@ -172,6 +175,27 @@ def gather(ctx, node, grads):
     idx = ctx.emit("Expand", [idx, ctx.emit("Shape", [g])])
     out = ctx.emit("ScatterElements", [ctx.zeros_like(x), idx, g], axis=axis, reduction="add")
     return [out, None]
+
+
+def _gather_range_as_pad(ctx, x: str, indices: str, axis: int, g: str) -> str | None:
+    """Constant indices picking one position or a contiguous run (a ViT's class token, x[:, 0]): the
+    gradient is the incoming one zero-padded back to full length (Pad is far cheaper than scattering
+    into zeros). None otherwise."""
+    v = ctx.value(indices)
+    sx = ctx.shape(x)
+    dim = sx[axis] if sx is not None else None
+    if v is None or v.ndim > 1 or v.size == 0 or not isinstance(dim, int):
+        return None
+    flat = np.where(v < 0, v + dim, v).reshape(-1)
+    if flat.min() < 0 or flat.max() >= dim or (flat.size > 1 and not (np.diff(flat) == 1).all()):
+        return None
+    if v.ndim == 0:
+        g = ctx.unsqueeze(g, [axis])
+    r = ctx.rank(x)
+    pads = [0] * (2 * r)
+    pads[axis] = int(flat[0])
+    pads[r + axis] = dim - int(flat[-1]) - 1
+    return ctx.emit("Pad", [g, ctx.ints(pads)])
 
 
 @rule("GatherElements")
