@@ -18,8 +18,8 @@ from onnx import TensorProto
 
 from . import runtime
 from .errors import ModelError
-from .graph.autodiff import build_gradient_model
-from .graph.compose import SCORES, forward_graph
+from .graph.autodiff import SEED_NAME, build_gradient_model
+from .graph.compose import SCORES, X, forward_graph
 from .graph.onnx_utils import dims, elem_type
 from .graph.precision import dequantize, is_quantized, to_float32
 
@@ -127,7 +127,7 @@ class GradientEngine:
         if key not in self._runners:
             image, output = self._float_specs()
             forward = forward_graph(self.float_graph(), image, output, self.model.constants, score=score)
-            built = build_gradient_model(forward, input_name="x", score_name=SCORES, taps=taps,
+            built = build_gradient_model(forward, input_name=X, score_name=SCORES, taps=taps,
                                          relu_mode=relu_mode, rule_overrides=rule_overrides)
             session = runtime.make_session(built.model, self.model.device)
             batch = max(1, self.model.batch_size() // 2) if self.model.batchable else 1
@@ -148,7 +148,7 @@ class GradientEngine:
             seed = np.broadcast_to(seed, (len(x), seed.shape[0]))
         taps = tuple(taps)
         runner = self._runner(score, taps, relu_mode, rule_overrides, overrides_key)
-        outputs = runner.run({}, {"x": x, "seed": np.ascontiguousarray(seed)}, progress=progress)
+        outputs = runner.run({}, {X: x, SEED_NAME: np.ascontiguousarray(seed)}, progress=progress)
         scores, grad = outputs[0], outputs[1]
         _check_finite(scores, "inputs")
         tapped = {name: (outputs[2 + 2 * i], outputs[3 + 2 * i]) for i, name in enumerate(taps)}

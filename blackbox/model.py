@@ -22,7 +22,7 @@ from onnx.external_data_helper import load_external_data_for_model, uses_externa
 from . import runtime
 from .errors import ModelError, NumericalError, ParameterError, TargetError
 from .graph.batching import make_batch_dynamic
-from .graph.compose import SCORES, ImageInput, ScoreOutput, forward_graph, perturbation_graph
+from .graph.compose import BASELINE, MASKS, RXT, RY, SCORES, SEGMENTS, TARGETS, X, ImageInput, ScoreOutput, forward_graph, perturbation_graph
 from .graph.onnx_utils import FLOAT_TYPES, default_opset, dims, elem_type, real_inputs
 from .labels import Labels, labels_from_metadata, read_labels
 from .preprocess import Preprocess
@@ -297,10 +297,10 @@ class Model:
             rewritten = make_batch_dynamic(self.proto, self.image.name, self.fixed_batch)
             session = runtime.make_session(self._forward_model(rewritten), self.device)
             probe = self._probe_inputs(3)
-            together = session.run([SCORES], {"x": probe})[0]
-            alone = np.concatenate([session.run([SCORES], {"x": probe[i:i + 1]})[0] for i in range(3)])
+            together = session.run([SCORES], {X: probe})[0]
+            alone = np.concatenate([session.run([SCORES], {X: probe[i:i + 1]})[0] for i in range(3)])
             original = runtime.make_session(self._forward_model(self.proto), self.device)
-            reference = np.concatenate([original.run([SCORES], {"x": probe[i:i + 1]})[0] for i in range(3)])
+            reference = np.concatenate([original.run([SCORES], {X: probe[i:i + 1]})[0] for i in range(3)])
             scale = float(np.max(np.abs(reference))) or 1.0
             tol = 2e-3 if self.image.elem_type == TensorProto.FLOAT16 else 1e-5
             if (together.shape == reference.shape and np.allclose(together, reference, rtol=tol, atol=tol * scale)
@@ -321,7 +321,7 @@ class Model:
         session = runtime.make_session(self._forward_model(self.graph), self.device)
         probe = self._probe_inputs(2 if self.batchable else 1)
         try:
-            rows = session.run([SCORES], {"x": probe})[0]
+            rows = session.run([SCORES], {X: probe})[0]
         except Exception as error:  # noqa: BLE001
             first = str(error).strip().splitlines()[0][:300]
             raise ModelError(f"onnxruntime cannot run the model on a {self.image.height}x{self.image.width} "
@@ -375,7 +375,7 @@ class Model:
         x = np.asarray(x, dtype=np.float32)
         if x.ndim == 3:
             x = x[None]
-        out = self._forward_runner(score).run({}, {"x": x}, progress=progress)
+        out = self._forward_runner(score).run({}, {X: x}, progress=progress)
         return _check_finite(out, "inputs")
 
     def predict(self, images: Any, score: str = "probability") -> np.ndarray:
@@ -405,16 +405,15 @@ class Model:
         (values 0..M-1) switch superpixels. ``x`` and ``baseline`` are [C, H, W] in model space.
         """
         _check_score(score)
-        fixed = {"x": _one(x), "baseline": _one(baseline),
-                 "targets": np.asarray(list(targets), dtype=np.int64)}
-        if np.any(fixed["targets"] < 0) or np.any(fixed["targets"] >= self.num_classes):
+        fixed = {X: _one(x), BASELINE: _one(baseline), TARGETS: np.asarray(list(targets), dtype=np.int64)}
+        if np.any(fixed[TARGETS] < 0) or np.any(fixed[TARGETS] >= self.num_classes):
             raise TargetError(f"target classes {list(targets)} out of range 0..{self.num_classes - 1}")
         masks = np.asarray(masks, dtype=np.float32)
         channels = self.image.channels
         if segments is not None:
             segments = np.asarray(segments, dtype=np.int64)
-            fixed["segments"] = np.ascontiguousarray(np.broadcast_to(segments, (channels,) + segments.shape[-2:]))
-            batched = {"masks": masks}
+            fixed[SEGMENTS] = np.ascontiguousarray(np.broadcast_to(segments, (channels,) + segments.shape[-2:]))
+            batched = {MASKS: masks}
             mode = "segments"
         else:
             if ry is None or rx is None:
@@ -423,9 +422,9 @@ class Model:
             ry = np.asarray(ry, dtype=np.float32)
             if masks.shape[1] != channels:  # one mask for all channels: repeat it (small) for a cheap blend
                 masks = np.ascontiguousarray(np.broadcast_to(masks, (masks.shape[0], channels) + masks.shape[2:]))
-            batched = {"masks": masks}
-            (batched if ry.ndim == 4 else fixed)["ry"] = ry
-            (batched if rxt.ndim == 4 else fixed)["rxt"] = rxt
+            batched = {MASKS: masks}
+            (batched if ry.ndim == 4 else fixed)[RY] = ry
+            (batched if rxt.ndim == 4 else fixed)[RXT] = rxt
             mode = "grid"
         out = self._perturb_runner(mode, score).run(fixed, batched, progress=progress)
         return _check_finite(out, "perturbed inputs")

@@ -19,14 +19,20 @@ def _diverging_lut() -> np.ndarray:
     return lut.astype(np.uint8)
 
 
-def normalise(heatmap: np.ndarray) -> tuple[np.ndarray, bool]:
-    """Map to [0, 1] (non-negative maps: by max) or [-1, 1] (signed maps: by max |value|)."""
+def normalise(heatmap: np.ndarray, *, percentile: float = 99.5) -> tuple[np.ndarray, bool]:
+    """Map to [0, 1] (non-negative maps) or [-1, 1] (signed maps), scaled by the ``percentile`` of
+    |value| and clipped: pixel-gradient maps are spiky, and scaling by their single largest value would
+    leave the rest invisible."""
     h = np.nan_to_num(np.asarray(heatmap, dtype=np.float32))
     signed = bool(h.min() < -1e-12 * max(1.0, float(np.abs(h).max())))
-    scale = float(np.abs(h).max()) if signed else float(h.max() - min(h.min(), 0.0))
+    if not signed:
+        h = h - min(float(h.min()), 0.0)
+    scale = float(np.percentile(np.abs(h), percentile)) if h.size else 0.0
+    if scale <= 0:
+        scale = float(np.abs(h).max()) if h.size else 0.0
     if scale <= 0:
         return np.zeros_like(h), signed
-    return (h / scale if signed else (h - min(h.min(), 0.0)) / scale), signed
+    return np.clip(h / scale, -1.0 if signed else 0.0, 1.0), signed
 
 
 def colorize(heatmap: np.ndarray, colormap: str | None = None) -> np.ndarray:

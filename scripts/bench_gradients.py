@@ -43,7 +43,7 @@ import torch  # noqa: E402
 
 import blackbox  # noqa: E402
 from blackbox.graph.autodiff import build_gradient_model  # noqa: E402
-from blackbox.graph.compose import SCORES, forward_graph  # noqa: E402
+from blackbox.graph.compose import SCORES, X, forward_graph  # noqa: E402
 from blackbox.runtime import _session_options  # noqa: E402
 from torch_models import MODELS, LogitsOnly, export_logits  # noqa: E402
 
@@ -83,21 +83,21 @@ def build(size: int):
 def backward_vs_forward(size: int, batch: int, threads: int, repeats: int, profile: bool) -> None:
     _, model = build(size)
     fwd = forward_graph(model.graph, model.image, model.output, model.constants, score="raw")
-    grad = build_gradient_model(fwd, input_name="x", score_name=SCORES)
+    grad = build_gradient_model(fwd, input_name=X, score_name=SCORES)
     x = np.random.default_rng(0).normal(size=(batch, 3, size, size)).astype(np.float32)
     seed = np.zeros((batch, model.num_classes), np.float32)
     seed[:, TARGET] = 1.0
     sf, sg = session(fwd, threads), session(grad.model, threads)
-    times = alternate({"forward": lambda: sf.run(None, {"x": x}),
-                       "gradient": lambda: sg.run(None, {"x": x, "seed": seed})}, repeats)
+    times = alternate({"forward": lambda: sf.run(None, {X: x}),
+                       "gradient": lambda: sg.run(None, {X: x, "seed": seed})}, repeats)
     best_f, best_g = min(times["forward"]), min(times["gradient"])
     ratios = [g / f for f, g in zip(times["forward"], times["gradient"])]
     print(f"(1) ResNet-like {size}x{size}, batch {batch}, {threads} threads, best of {repeats}: "
           f"forward {best_f * 1e3:.2f} ms, forward+backward {best_g * 1e3:.2f} ms -> ratio {best_g / best_f:.2f} "
           f"(median of paired ratios {statistics.median(ratios):.2f}); "
           f"nodes {len(fwd.graph.node)} forward, {len(grad.model.graph.node)} gradient")
-    kernel_f, _ = kernel_times(fwd, {"x": x}, threads, repeats)
-    kernel_g, by_op = kernel_times(grad.model, {"x": x, "seed": seed}, threads, repeats)
+    kernel_f, _ = kernel_times(fwd, {X: x}, threads, repeats)
+    kernel_g, by_op = kernel_times(grad.model, {X: x, "seed": seed}, threads, repeats)
     print(f"    ONNX Runtime profiler, sum over nodes of each node's best kernel time: forward {kernel_f / 1e3:.2f} ms, "
           f"forward+backward {kernel_g / 1e3:.2f} ms -> ratio {kernel_g / kernel_f:.2f}")
     if profile:

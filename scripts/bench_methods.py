@@ -158,6 +158,15 @@ import json, sys, time, warnings
 import numpy as np
 warnings.filterwarnings("ignore")
 import dianna
+import dianna.methods.kernelshap_image as kernelshap_image
+
+
+def heat_maps(shap_values_list, image_segments):  # DIANNA's own mapping (values[label - 1]), vectorised
+    per_class = np.asarray(shap_values_list)[0].T
+    return per_class[:, image_segments - 1]
+
+
+kernelshap_image._create_heatemaps = heat_maps
 model, picture_path, target, budget, kshap_budget, batch = sys.argv[1:7]
 target, budget, kshap_budget, batch = int(target), int(budget), int(kshap_budget), int(batch)
 picture = np.load(picture_path).astype(np.float32)
@@ -176,7 +185,7 @@ out["DIANNA LIME"] = (time.perf_counter() - t, budget)
 t = time.perf_counter()
 dianna.explain_image(model, np.ascontiguousarray(x.transpose(2, 0, 1)), method="KernelSHAP", labels=[target],
                      nsamples=kshap_budget, n_segments=50, compactness=30, sigma=3, axis_labels={0: "channels"})
-out["DIANNA KernelSHAP"] = (time.perf_counter() - t, kshap_budget + 1)
+out["DIANNA KernelSHAP (see note)"] = (time.perf_counter() - t, kshap_budget + 2)
 print("RESULT" + json.dumps(out))
 """
 
@@ -343,6 +352,11 @@ def main(argv: list[str] | None = None) -> int:
         rows += found
         if why:
             notes.append(f"DIANNA skipped: {why}")
+        else:
+            notes.append("DIANNA KernelSHAP: a lower bound. Its heat-map step loops over every pixel for every one "
+                         "of the 1000 classes (about 2.5 s per class here, ~40 min), so the script swaps in a "
+                         "vectorised equivalent; the LARS fits it runs for all 1000 classes stay in. Its budget "
+                         "is smaller than the others' (time per evaluation is what compares).")
     bare_again = bare_model(session, x, [best_batch], 1.0 if args.quick else 4.0)[best_batch]
 
     print(f"model {MODEL.name}, picture {Path(args.image).name}, target class {target}, budget {budget}, "

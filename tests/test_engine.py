@@ -156,3 +156,12 @@ def test_nan_scores_are_reported_not_averaged(tmp_path):
     # one window covering the whole image turns it black: that evaluation is NaN and must be reported
     with pytest.raises(NumericalError, match="perturbed inputs"):
         blackbox.explain(model, bright, "occlusion", window=16, stride=16, baseline="black")
+
+
+def test_a_model_whose_input_is_named_like_the_wrappers(tmp_path):
+    """The wrapper's own tensors are prefixed, so a model input called 'x' or 'baseline' still loads."""
+    model = blackbox.load(save(conv_classifier(input_name="x"), tmp_path / "x.onnx"), device="cpu")
+    image = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    exp = blackbox.explain(model, image, "occlusion", window=8, stride=4)
+    grads = model.gradients.run(prepare(model, image).x, model.gradients.one_hot(0), score="raw")
+    assert np.isfinite(exp.heatmap).all() and grads.grad.shape == (1, 3, 16, 16)

@@ -296,3 +296,27 @@ def test_max_pool_gradient_paths_match_torch(dynamic_spatial, mode):
     (y * torch.tensor(seed)).sum().backward()
     np.testing.assert_allclose(tap_grad, r.grad.numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(grad, xt.grad.numpy(), rtol=1e-4, atol=1e-5 * float(np.abs(xt.grad.numpy()).max()))
+
+
+@pytest.mark.parametrize("indices", [1, [1, 2, 3], [-2, -1], [0, 2], [3, 3]])
+def test_gather_gradient_constant_indices(indices):
+    """Constant single positions and contiguous runs become a Pad; other index sets scatter-add."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from blackbox.graph.autodiff import build_gradient_model
+
+    idx = np.asarray(indices, np.int64)
+    graph = helper.make_graph([helper.make_node("Gather", ["x", "i"], ["y"], axis=1)], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(idx, "i")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    gm = build_gradient_model(model, input_name="x", score_name="y")
+    x = np.random.default_rng(0).standard_normal((2, 5, 3)).astype(np.float32)
+    seed = np.random.default_rng(1).standard_normal((2, *idx.shape, 3)).astype(np.float32)
+    sess = ort.InferenceSession(gm.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    grad = sess.run([gm.grad_name], {"x": x, "seed": seed})[0]
+    want = np.zeros_like(x)
+    np.add.at(want, (slice(None), idx.reshape(-1) % 5), seed.reshape(2, -1, 3))
+    np.testing.assert_allclose(grad, want, rtol=1e-6, atol=1e-7)

@@ -103,11 +103,11 @@ def test_fixed_batch_models_really_batch(models, name):
     assert runner.batch_size >= 5
     import onnxruntime as ort
 
-    from blackbox.graph.compose import SCORES
+    from blackbox.graph.compose import SCORES, X
 
     original = ort.InferenceSession(model._forward_model(model.proto).SerializeToString(),
                                     providers=["CPUExecutionProvider"])
-    alone = np.concatenate([original.run([SCORES], {"x": x[i:i + 1]})[0] for i in range(5)])
+    alone = np.concatenate([original.run([SCORES], {X: x[i:i + 1]})[0] for i in range(5)])
     tol = 2e-3 if "fp16" in name else 1e-5
     np.testing.assert_allclose(together, alone, rtol=tol, atol=tol * np.abs(alone).max())
 

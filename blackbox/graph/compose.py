@@ -26,6 +26,9 @@ from .onnx_utils import const, finish_model, initializer_names
 
 PREFIX = "blackbox/"
 SCORES = PREFIX + "scores"
+# the wrapper's own inputs carry the prefix so they never collide with a model's tensor names
+X, BASELINE, TARGETS = PREFIX + "x", PREFIX + "baseline", PREFIX + "targets"
+MASKS, RY, RXT, SEGMENTS = PREFIX + "masks", PREFIX + "ry", PREFIX + "rxt", PREFIX + "segments"
 
 
 @dataclass(frozen=True)
@@ -152,11 +155,11 @@ def forward_graph(model: onnx.ModelProto, spec: ImageInput, out: ScoreOutput,
                   constants: dict[str, np.ndarray] | None = None, score: str = "raw") -> onnx.ModelProto:
     """x float32 [N, C, H, W] -> scores float32 [N, K]."""
     b = _Builder()
-    _to_model_input(b, "x", spec)
+    _to_model_input(b, X, spec)
     scores = _score_head(b, out, score)
     b.op("Identity", [scores], "out", output=SCORES)
     outputs = [helper.make_tensor_value_info(SCORES, TensorProto.FLOAT, ["N", None])]
-    return _assemble(model, b, spec, [_image_value("x", spec)], outputs, constants or {})
+    return _assemble(model, b, spec, [_image_value(X, spec)], outputs, constants or {})
 
 
 def perturbation_graph(model: onnx.ModelProto, spec: ImageInput, out: ScoreOutput, *, mode: str,
@@ -171,32 +174,32 @@ def perturbation_graph(model: onnx.ModelProto, spec: ImageInput, out: ScoreOutpu
     b = _Builder()
     H, W, C = spec.height, spec.width, spec.channels
     inputs = [
-        _image_value("x", spec, batch=1),
-        _image_value("baseline", spec, batch=1),
-        helper.make_tensor_value_info("targets", TensorProto.INT64, ["T"]),
+        _image_value(X, spec, batch=1),
+        _image_value(BASELINE, spec, batch=1),
+        helper.make_tensor_value_info(TARGETS, TensorProto.INT64, ["T"]),
     ]
     if mode == "grid":
         inputs += [
-            helper.make_tensor_value_info("masks", TensorProto.FLOAT, ["N", "Cm", "h", "w"]),
-            helper.make_tensor_value_info("ry", TensorProto.FLOAT, None),
-            helper.make_tensor_value_info("rxt", TensorProto.FLOAT, None),
+            helper.make_tensor_value_info(MASKS, TensorProto.FLOAT, ["N", "Cm", "h", "w"]),
+            helper.make_tensor_value_info(RY, TensorProto.FLOAT, None),
+            helper.make_tensor_value_info(RXT, TensorProto.FLOAT, None),
         ]
-        rows = b.op("MatMul", ["ry", "masks"], "rows")
-        keep = b.op("MatMul", [rows, "rxt"], "keep")
+        rows = b.op("MatMul", [RY, MASKS], "rows")
+        keep = b.op("MatMul", [rows, RXT], "keep")
     elif mode == "segments":
         inputs += [
-            helper.make_tensor_value_info("masks", TensorProto.FLOAT, ["N", "M"]),
-            helper.make_tensor_value_info("segments", TensorProto.INT64, ["Cs", H, W]),
+            helper.make_tensor_value_info(MASKS, TensorProto.FLOAT, ["N", "M"]),
+            helper.make_tensor_value_info(SEGMENTS, TensorProto.INT64, ["Cs", H, W]),
         ]
-        keep = b.op("Gather", ["masks", "segments"], "keep", axis=1)
+        keep = b.op("Gather", [MASKS, SEGMENTS], "keep", axis=1)
     else:
         raise ValueError(f"unknown mask mode {mode!r}")
-    diff = b.op("Sub", ["x", "baseline"], "diff")
+    diff = b.op("Sub", [X, BASELINE], "diff")
     scaled = b.op("Mul", [diff, keep], "scaled")
-    blended = b.op("Add", ["baseline", scaled], "blended")
+    blended = b.op("Add", [BASELINE, scaled], "blended")
     _to_model_input(b, blended, spec)
     scores = _score_head(b, out, score)
-    b.op("Gather", [scores, "targets"], "target_scores", output=SCORES, axis=1)
+    b.op("Gather", [scores, TARGETS], "target_scores", output=SCORES, axis=1)
     outputs = [helper.make_tensor_value_info(SCORES, TensorProto.FLOAT, ["N", "T"])]
     del C
     return _assemble(model, b, spec, inputs, outputs, constants or {})
