@@ -8,8 +8,8 @@ probability on ``baseline + (x - baseline) * M_i``.
 Why matrices: upsample-then-crop is linear, so mask i is exactly ``Ry_i @ grid_i @ Rx_i.T`` with
 ``Ry_i = R(shift_y_i)`` from a small table (one matrix per possible shift). The ONNX graph applies those
 per-mask matrices, so only ``s x s`` grids cross into ONNX Runtime, and the weighted sum is done in cell
-space grouped by shift, ``sum_ab R_a (sum_{i: shift_i = (a, b)} P_i grid_i) R_b.T``: memory and NumPy
-work do not grow with N. The upsampling mirrors borders like the authors' ``skimage`` resize
+space grouped by shift, ``sum_ab R_a (sum_{i: shift_i = (a, b)} P_i grid_i) R_b.T``: no full-size mask is
+ever built, and beyond the N small grids (49 numbers each) memory does not grow with N. The upsampling mirrors borders like the authors' ``skimage`` resize
 (``mode="reflect"``), so the masks are the paper's masks, not an approximation.
 """
 
