@@ -87,10 +87,24 @@ def resolve_device(device: str | None) -> Device:
     raise ParameterError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N")
 
 
+_THREADS: int | None = None
+
+
+def set_threads(threads: int | None) -> None:
+    """Intra-op threads for sessions created from now on (None: ONNX Runtime's default, all cores).
+    One thread with spinning off makes CPU time a stable measure on a busy machine (benchmarks)."""
+    global _THREADS
+    _THREADS = threads
+
+
 def _session_options() -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if _THREADS:
+        options.intra_op_num_threads = _THREADS
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 
@@ -107,15 +121,18 @@ class Runner:
 
     ``fixed`` inputs (image, baseline, targets, matrices shared by all samples) are bound once per
     call; ``batched`` inputs are split along axis 0. On CUDA the fixed inputs live on the device.
+    ``pre=(session, link)`` chains a first session whose output ``link`` stays an OrtValue on the
+    device and feeds the main session (how mask graphs feed the model).
     """
 
     def __init__(self, session: ort.InferenceSession, device: Device, batch_size: int,
-                 output: str | Sequence[str]):
+                 output: str | Sequence[str], pre: tuple[ort.InferenceSession, str] | None = None):
         self.session = session
         self.device = device
         self.batch_size = max(1, int(batch_size))
         self.output = output
         self.outputs = [output] if isinstance(output, str) else list(output)
+        self.pre = pre
 
     def run(self, fixed: dict[str, np.ndarray], batched: dict[str, np.ndarray],
             progress: Callable[[int], None] | None = None) -> np.ndarray | list[np.ndarray]:
@@ -123,19 +140,27 @@ class Runner:
         n = len(next(iter(batched.values())))
         binding = self.session.io_binding()
         device_type = "cuda" if self.device.kind == "cuda" else "cpu"
-        fixed_values = {k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v), device_type, self.device.index)
-                        for k, v in fixed.items()}
-        for name, value in fixed_values.items():
-            binding.bind_ortvalue_input(name, value)
+        main_inputs = {i.name for i in self.session.get_inputs()}
+        pre_binding = self.pre[0].io_binding() if self.pre else None
+
+        def bind(name: str, array: np.ndarray) -> None:
+            value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), device_type, self.device.index)
+            (binding if name in main_inputs else pre_binding).bind_ortvalue_input(name, value)
+
+        for name, array in fixed.items():
+            bind(name, array)
         results = []
         start = 0
         while start < n:
             stop = min(n, start + self.batch_size)
             try:
                 for name, array in batched.items():
-                    chunk = np.ascontiguousarray(array[start:stop])
-                    binding.bind_ortvalue_input(
-                        name, ort.OrtValue.ortvalue_from_numpy(chunk, device_type, self.device.index))
+                    bind(name, array[start:stop])
+                if self.pre:
+                    pre_session, link = self.pre
+                    pre_binding.bind_output(link, device_type, self.device.index)
+                    pre_session.run_with_iobinding(pre_binding)
+                    binding.bind_ortvalue_input(link, pre_binding.get_outputs()[0])
                 for name in self.outputs:
                     binding.bind_output(name, "cpu")
                 self.session.run_with_iobinding(binding)

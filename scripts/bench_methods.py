@@ -335,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     target = int(np.argmax(probe.scores(sample.x)[0]))
     x = to_model(picture[None])[0]
     log("choosing the bare model's best batch size ...")
-    first = bare_model(session, x, batches, min(budget, 256))
+    passes = [bare_model(session, x, batches, min(budget, 256)) for _ in range(2)]
+    first = {b: min(p[b] for p in passes) for b in batches}
     best_batch = min(first, key=first.get)
     model = blackbox.load(MODEL, preprocess="imagenet", device="cpu", batch_size=best_batch)
     for method in ("rise", "lime", "kernel_shap"):  # sessions built and warm before timing
@@ -385,12 +386,14 @@ def main(argv: list[str] | None = None) -> int:
     for name, (seconds, n) in best.items():
         per = seconds / max(n, 1)
         print(f"{name:<34} {seconds:8.2f} {n:6d} {per * 1e3:8.2f} {per / floor:7.2f}")
-    ours = {name: s / n for name, (s, n) in best.items() if name.startswith("blackbox")}
-    slowest = max(ours.values())
-    peers = [(name, s / n) for name, (s, n) in best.items() if not name.startswith("blackbox")]
-    if peers:
-        print("per evaluation, the slowest blackbox method is faster than: " +
-              ", ".join(f"{name} {per / slowest:.1f}x" for name, per in peers))
+    pairs = {"blackbox rise": ["DIANNA RISE"], "blackbox lime": ["lime_image", "DIANNA LIME"],
+             "blackbox kernel_shap": ["shap KernelExplainer slic(50)", "shap Partition blur(128,128)",
+                                      "DIANNA KernelSHAP (see note)"]}
+    for ours, peers in pairs.items():
+        found = [(name, best[name][0] / best[name][1]) for name in peers if name in best]
+        if ours in best and found:
+            mine = best[ours][0] / best[ours][1]
+            print(f"{ours} per evaluation is faster than " + ", ".join(f"{name} {per / mine:.1f}x" for name, per in found))
     for note in notes:
         print(note)
     if "occlusion" not in args.skip:

@@ -100,7 +100,7 @@ def test_fixed_batch_models_really_batch(models, name):
     x = np.stack([model.preprocess(img).x for img in images]).astype(np.float32)
     together = model.scores(x, score="raw")
     runner = model._forward_runner("raw")
-    assert runner.batch_size >= 5
+    assert runner.batch_size > 1  # 5 samples in batches of several (4 for SqueezeNet), not one by one
     import onnxruntime as ort
 
     from blackbox.graph.compose import SCORES, X

@@ -71,7 +71,7 @@ def shapes_evidence(model, method: str, *, n_images: int = N_IMAGES, n_deletion:
 
 def watermark_hits(model, method: str, *, n_images: int = 20, **params) -> float:
     """Share of watermarked triangles whose class-2 heatmap peaks on the watermark (box grown by 2 px)."""
-    batch = make_shapes(4 * n_images + 20, seed=777, watermark_class=2)
+    batch = make_shapes(6 * n_images + 20, seed=777, watermark_class=2)
     chosen = np.flatnonzero(batch.watermarked)[:n_images]
     y0, y1, x0, x1 = batch.watermark_box
     box = np.zeros(batch.images.shape[1:3], bool)

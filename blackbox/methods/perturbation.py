@@ -122,16 +122,22 @@ def area_penalty(masks: np.ndarray, areas: Sequence[float]) -> tuple[np.ndarray,
 
 
 def gaussian_matrix(n_in: int, n_out: int, sigma: float) -> np.ndarray:
-    """[n_out, n_in] normalised Gaussian interpolation from grid-cell centres (sigma in cells).
+    """[n_out, n_in] Gaussian interpolation from grid-cell centres (sigma in cells), zero outside the grid.
 
-    Each output pixel is a convex combination of the parameters (rows sum to 1), so parameters in
-    [0, 1] give a smooth mask in [0, 1] and 1 - mask is the same interpolation of 1 - parameters; the
-    2-D mask ``Ry @ p @ Rx.T`` is a normalised 2-D Gaussian kernel regression (the kernel is separable)."""
+    Weights are normalised by the sum over the grid extended far beyond the image, as if the parameters
+    outside were 0: inside, rows sum to 1 (a convex combination, so parameters in [0, 1] give a mask in
+    [0, 1], and 1 - mask interpolates 1 - parameters); near the border they sum to less, so the mask
+    fades over the outer half cell. Renormalising each row instead would copy the edge parameter
+    outwards and let one corner parameter own its corner outright: the cheapest place for the area
+    penalty to put a binary blob, and a plateau whose maximum sits in the corner. The 2-D mask
+    ``Ry @ p @ Rx.T`` is a Gaussian kernel regression (the kernel is separable)."""
     scale = n_out / n_in
     centres = (np.arange(n_out) + 0.5) / scale - 0.5  # output pixel centres in cell coordinates
-    offsets = centres[:, None] - np.arange(n_in)[None, :]
-    weights = np.exp(-0.5 * (offsets / sigma) ** 2)
-    return (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
+    reach = int(np.ceil(6 * sigma)) + 1
+    lattice = np.arange(-reach, n_in + reach)
+    weights = np.exp(-0.5 * ((centres[:, None] - lattice[None, :]) / sigma) ** 2)
+    weights /= weights.sum(axis=1, keepdims=True)
+    return weights[:, reach:reach + n_in].astype(np.float32)
 
 
 # --------------------------------------------------------------------------- shared plumbing
@@ -178,23 +184,29 @@ def _heatmap_result(heatmap: np.ndarray, channels: int, n_evals: int, extras: di
 
 @register("meaningful_perturbation", default_score="probability", kind="perturbation",
           summary="optimise a smooth blur mask: smallest region that keeps (or deletes) the score (Fong & Vedaldi 2017)")
-def meaningful_perturbation(ctx: Context, *, mode: str = "preserve", mask_size=28, steps: int = 200,
-                            lr: float = 0.1, l1: float | None = None, tv: float = 2.0, tv_beta: float = 3.0,
+def meaningful_perturbation(ctx: Context, *, mode: str = "preserve", mask_size=28, steps: int = 150,
+                            lr: float = 0.1, l1: float | None = None, tv: float = 10.0, tv_beta: float = 3.0,
                             n_directions: int = 32, eps: float = 0.05, blur_sigma: float | None = None,
-                            directions: str = "gaussian") -> Result:
+                            directions: str = "gaussian", init: float | None = None) -> Result:
     """Meaningful perturbation by finite differences.
 
     ``mode``: "preserve" minimises ``l1 * mean(m) + tv * TV_beta(m) - score`` (smallest region that
     keeps the score; heatmap = m) or "delete", the paper's deletion game, minimises
     ``l1 * mean(1 - m) + tv * TV_beta(m) + score`` (smallest deletion that destroys it; heatmap = 1 - m).
-    ``mask_size``: low-resolution mask, int or (h, w), default 28 as in the paper, upsampled bilinearly in
-    the graph. ``steps`` (200) Adam steps of ``lr`` (0.1, the paper's) on the mask clipped to [0, 1].
-    ``l1``: default 1.0 for preserve, 0.3 for delete (in units of the score: deleting everything costs
-    ``l1``). ``tv`` (2.0) and ``tv_beta`` (3) the smoothness prior on the low-resolution mask.
-    ``n_directions`` (32) antithetic pairs per step, ``eps`` (0.05) their step in mask units,
-    ``directions`` "gaussian" or "rademacher". ``blur_sigma``: the blur baseline's sigma in pixels,
-    default 10 at 224 pixels scaled with the input size. Default score: softmax probability, as the paper.
-    Initial mask: all ones (nothing perturbed) in both modes.
+    The score term is divided by the score's drop under the full blur (see ``_score_range``), so ``l1``
+    is in units of that drop: ``l1=1`` means blurring everything is worth as much as the whole drop.
+    ``mask_size``: the low-resolution mask, int or (h, w), default 28 as in the paper, upsampled
+    bilinearly in the graph. ``steps`` (150) Adam steps of ``lr`` (0.1, the paper's) on the mask, clipped
+    to [0, 1] after each. ``l1``: default 1.0 for preserve, 0.3 for delete (a deletion needs only to beat
+    the score, so it is cheaper). ``tv`` (10) and ``tv_beta`` (3, the paper's) weigh the smoothness prior
+    on the low-resolution mask: it keeps finite-difference noise and adversarial speckle out of the mask.
+    ``n_directions`` (32) antithetic pairs per step, ``eps`` (0.05) their size in mask units,
+    ``directions`` "gaussian" or "rademacher". ``blur_sigma``: sigma in pixels of the blurred input
+    that replaces what the mask removes, default 10 at 224 pixels, scaled with the input size.
+    ``init``: the starting mask value, default 1 for preserve (nothing perturbed, as the paper) and 0.5
+    for delete (at 1 a confident model's probability is saturated, so the probes see no slope and the
+    L1 term keeps the mask at 1). Default score: softmax probability, as the paper.
+    Evaluations: 2 * n_directions * steps + 3.
     """
     if mode not in MODES:
         raise ParameterError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
@@ -208,6 +220,10 @@ def meaningful_perturbation(ctx: Context, *, mode: str = "preserve", mask_size=2
         raise ParameterError(f"tv must be non-negative, got {tv!r}")
     if not tv_beta >= 1:
         raise ParameterError(f"tv_beta must be at least 1, got {tv_beta!r}")
+    if init is None:
+        init = 1.0 if mode == "preserve" else 0.5
+    if not 0.0 <= init <= 1.0:
+        raise ParameterError(f"init must be between 0 and 1, got {init!r}")
     channels, height, width = ctx.shape
     h, w = _grid(mask_size, height, width)
     sigma = blur_sigma if blur_sigma is not None else 10.0 * max(height, width) / 224.0
@@ -216,7 +232,7 @@ def meaningful_perturbation(ctx: Context, *, mode: str = "preserve", mask_size=2
     delete = mode == "delete"
     sign = 1.0 if delete else -1.0  # preserve maximises the score, delete minimises it
     rng = ctx.rng()
-    mask = np.ones((1, h, w), np.float32)
+    mask = np.full((1, h, w), init, np.float32)
     adam = Adam(lr=lr, lower=0.0, upper=1.0)
     objective = np.empty(steps)
     n_evals = 0
@@ -247,36 +263,40 @@ def meaningful_perturbation(ctx: Context, *, mode: str = "preserve", mask_size=2
 @register("extremal_perturbation", default_score="probability", kind="perturbation",
           summary="best smooth mask of each fixed area, by an area rank penalty (Fong, Patrick & Vedaldi 2019)")
 def extremal_perturbation(ctx: Context, *, areas: Sequence[float] = (0.05, 0.1, 0.2), variant: str = "preserve",
-                          mask_size=16, smooth: float = 0.5, steps: int = 150, lr: float = 0.05,
-                          area_weight: float = 10.0, area_growth: float = 16.0, n_directions: int = 16,
+                          mask_size=16, smooth: float = 0.5, steps: int = 100, lr: float = 0.1,
+                          area_weight: float = 0.3, area_growth: float = 300.0, n_directions: int = 16,
                           eps: float = 0.05, blur_sigma: float | None = None,
                           directions: str = "gaussian") -> Result:
     """Extremal perturbation by finite differences, all areas optimised together (one batch per step).
 
     For each area a in ``areas`` (fractions in (0, 1); default 0.05, 0.1, 0.2) find the smooth mask M
     of area a whose ``variant`` "preserve" (keep M, blur the rest; maximise the score) or "delete"
-    (blur M; minimise the score) is extremal, minimising ``-/+ score + lambda_t * R_a(M)`` where R_a is
-    the area rank penalty (sorted mask vs a step vector with a fraction a of ones) and lambda_t grows
-    geometrically from ``area_weight`` (10) by a factor ``area_growth`` (16, TorchRay's x1.0035 over
-    800 iterations) over the ``steps`` (150) so the area constraint ends up (nearly) hard.
+    (blur M; minimise the score) is extremal, minimising ``-/+ score / range + lambda_t * R_a(M)``: R_a
+    is the area rank penalty (sorted mask vs a step vector with a fraction a of ones), ``range`` the
+    score's drop under the full blur, and lambda_t grows geometrically from ``area_weight`` (0.3) by a
+    factor ``area_growth`` (300) over the ``steps`` (100), so the score shapes the mask first and the
+    area constraint ends (nearly) hard; TorchRay grows its weight x16 over 800 exact-gradient steps, but
+    a weight that is strong from the start fixes the ranking from finite-difference noise.
 
     Mask parametrisation: a ``mask_size`` (16, int or (h, w)) grid of parameters in [0, 1] mapped to the
-    input by a normalised Gaussian interpolation with sigma ``smooth`` (0.5) grid cells. It is linear, so it
-    runs in the graph as ``Ry @ p @ Rx.T`` and the area gradient is exact by transposition; TorchRay uses a
-    non-linear smooth-max of a finer grid (step 7, sigma 21 px at 224), which our engine cannot upsample.
-    Perturbation: blend with one Gaussian blur of sigma ``blur_sigma`` (default 20 px at 224, TorchRay's
-    max blur, scaled with the input) instead of TorchRay's 8-level blur pyramid; no flip jitter.
-    Parameters start at 1 (the whole image kept), like TorchRay. Adam ``lr`` 0.05 on the clipped grid.
-    ``n_directions`` (16) antithetic pairs per area per step, ``eps`` (0.05), ``directions`` as in
-    meaningful perturbation.
+    input by a normalised Gaussian interpolation with sigma ``smooth`` (0.5) grid cells (``smooth=0``:
+    bilinear). It is linear, so it runs in the graph as ``Ry @ p @ Rx.T`` and the area gradient is exact
+    by transposition; TorchRay uses a non-linear smooth-max of a finer grid (step 7, sigma 21 px at 224),
+    which the engine cannot upsample. Perturbation: blend with one Gaussian blur of sigma ``blur_sigma``
+    (default 20 px at 224, TorchRay's maximum blur, scaled with the input) instead of TorchRay's 8-level
+    blur pyramid; no flip jitter. Parameters start at 1 (the whole image kept), as in TorchRay. Adam
+    ``lr`` (0.1) on the clipped grid; ``n_directions`` (16) antithetic pairs per area per step, ``eps``
+    (0.05), ``directions`` as in meaningful perturbation.
 
     Score: softmax probability by default. TorchRay's default ``simple_reward`` is the raw network output
-    (logits for torchvision models), and its example uses ``contrastive_reward`` (target logit minus the
-    best other logit); the probability is bounded, so the fixed area weights suit every model, and it
-    rises only when the target beats the other classes, which is what the contrastive reward is for.
-    Pass ``score="logit"`` for TorchRay's simple reward.
+    (logits for torchvision models; its example script uses ``contrastive_reward``, target logit minus
+    the best other logit). The probability rises only when the target beats the other classes, which is
+    what the contrastive reward is for, and on the project's shapes models it points better than the
+    logit (18 vs 16 of 20 images). Pass ``score="logit"`` for TorchRay's simple reward.
 
-    Heatmap: the sum of the masks over the areas (TorchRay's benchmark); extras hold each area's mask.
+    Heatmap: the sum of the masks over the areas (TorchRay's benchmark); extras hold each area's mask
+    ([K, H, W]), final scores and objective curves ([K, steps]).
+    Evaluations: 2 * n_directions * len(areas) * steps + len(areas) + 2.
     """
     try:
         areas = [float(a) for a in (areas if isinstance(areas, (list, tuple, np.ndarray)) else [areas])]
