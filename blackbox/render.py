@@ -20,13 +20,13 @@ def _diverging_lut() -> np.ndarray:
 
 
 def normalise(heatmap: np.ndarray, *, percentile: float = 99.5) -> tuple[np.ndarray, bool]:
-    """Map to [0, 1] (non-negative maps) or [-1, 1] (signed maps), scaled by the ``percentile`` of
+    """Map to [0, 1] (non-negative maps, after subtracting their minimum) or [-1, 1] (signed maps), scaled by the ``percentile`` of
     |value| and clipped: pixel-gradient maps are spiky, and scaling by their single largest value would
     leave the rest invisible."""
     h = np.nan_to_num(np.asarray(heatmap, dtype=np.float32))
     signed = bool(h.min() < -1e-12 * max(1.0, float(np.abs(h).max())))
-    if not signed:
-        h = h - min(float(h.min()), 0.0)
+    if not signed:  # min-max, as pytorch-grad-cam shows CAMs: RISE maps sit in [0.87, 1] x their max
+        h = h - float(h.min()) if h.size else h
     scale = float(np.percentile(np.abs(h), percentile)) if h.size else 0.0
     if scale <= 0:
         scale = float(np.abs(h).max()) if h.size else 0.0

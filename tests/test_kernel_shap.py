@@ -128,7 +128,7 @@ def test_shap_image_plot(shapes_model):
 
 
 def test_pointing_game_and_deletion(shapes_model):
-    result = shapes_evidence(shapes_model, "kernel_shap", n_samples=250)
+    result = shapes_evidence(shapes_model, "kernel_shap", n_samples=400)
     assert result["pointing"] >= 0.9, result
     assert result["deletion"] < result["random"], result
 

@@ -142,7 +142,7 @@ def test_rectangular_grid_and_seed(shapes_model):
 
 
 def test_pointing_game_and_deletion(shapes_model):
-    result = shapes_evidence(shapes_model, "rise", n_masks=400)
+    result = shapes_evidence(shapes_model, "rise", n_masks=600)
     assert result["pointing"] >= 0.9, result
     assert result["deletion"] < result["random"], result
 
