@@ -413,8 +413,8 @@ class Model:
         masks = np.asarray(masks, dtype=np.float32)
         channels = self.image.channels
         if segments is not None:
-            segments = np.asarray(segments, dtype=np.int64)
-            fixed[SEGMENTS] = np.ascontiguousarray(np.broadcast_to(segments, (channels,) + segments.shape[-2:]))
+            # one channel of indices: Gather is a per-element copy, three times cheaper than per channel
+            fixed[SEGMENTS] = np.asarray(segments, dtype=np.int64).reshape((1,) + np.shape(segments)[-2:])
             batched = {MASKS: masks}
             mode = "segments"
         else:
