@@ -56,12 +56,14 @@ def explain(model: Model, x: Any, method: str = "occlusion", *, target: int | st
     seconds = time.perf_counter() - start
     model_heatmap = np.asarray(result.heatmap, dtype=np.float32)
     if sample.model_space:
-        heatmap, picture = model_heatmap, model.preprocess.display(sample.x)
+        heatmap, picture, seen = model_heatmap, model.preprocess.display(sample.x), None
     else:
         heatmap, picture = sample.geometry.to_image(model_heatmap).astype(np.float32), sample.image
+        seen = sample.geometry.to_image(np.ones_like(model_heatmap)) > 0.5  # outside a centre crop: unseen
     attributions = from_internal(model, result.attributions) if result.pixel_attributions else result.attributions
     used = {**spec.parameters(), **params}
     return Explanation(method=method, target=index, label=model.label(index), target_score=ctx.target_score(),
                        score=score, attributions=np.asarray(attributions), heatmap=heatmap,
                        model_heatmap=model_heatmap, image=picture, params=used, n_evals=int(result.n_evals),
-                       seconds=seconds, source=sample.source, notes=list(result.notes), extras=result.extras)
+                       seconds=seconds, source=sample.source, notes=list(result.notes), extras=result.extras,
+                       seen=seen)

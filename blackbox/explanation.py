@@ -40,10 +40,11 @@ class Explanation:
     source: str = "array"
     notes: list[str] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
+    seen: np.ndarray | None = None  # bool H x W: picture pixels inside the model's crop (None: all)
 
     def overlay(self, *, alpha: float = 0.5, colormap: str | None = None) -> np.ndarray:
         """RGB uint8 picture with the heatmap drawn over it."""
-        return overlay(self.image, self.heatmap, alpha=alpha, colormap=colormap)
+        return overlay(self.image, self.heatmap, alpha=alpha, colormap=colormap, seen=self.seen)
 
     def save_overlay(self, path: str | os.PathLike, *, alpha: float = 0.5, colormap: str | None = None) -> Path:
         """Write the overlay as a PNG (atomically: a temporary file, then rename)."""
