@@ -25,19 +25,36 @@ import numpy as np
 
 from .errors import ParameterError
 
-DIRECTIONS = ("gaussian", "rademacher")
+DIRECTIONS = ("gaussian", "rademacher", "smooth")
+
+
+def smoothing_matrix(n: int, sigma: float) -> np.ndarray:
+    """[n, n] Gaussian blur along one axis (zero outside), rows scaled to unit norm: blurring i.i.d.
+    N(0, 1) noise with it on both axes of a grid gives unit-variance, spatially correlated noise."""
+    offsets = np.arange(n)[:, None] - np.arange(n)[None, :]
+    weights = np.exp(-0.5 * (offsets / sigma) ** 2)
+    return (weights / np.linalg.norm(weights, axis=1, keepdims=True)).astype(np.float32)
 
 
 def random_directions(rng: np.random.Generator, n: int, shape: tuple[int, ...], *,
-                      kind: str = "gaussian") -> np.ndarray:
-    """``n`` random directions of ``shape`` with identity second moment, E[u u^T] = I (float32 [n, *shape]).
+                      kind: str = "gaussian", sigma: float = 1.0) -> np.ndarray:
+    """``n`` random probe directions of ``shape`` (float32 [n, *shape]), unit variance per coordinate.
 
-    ``kind``: "gaussian" (u ~ N(0, 1)) or "rademacher" (u = +-1, lower variance of the estimate for the
-    same n because |u|^2 = d exactly)."""
+    ``kind``: "gaussian" (u ~ N(0, I)) or "rademacher" (u = +-1; lower variance for the same n because
+    |u|^2 = d exactly): E[u u^T] = I, so the estimate is the gradient itself. "smooth": Gaussian noise
+    blurred over the last two axes (a grid) with ``sigma`` cells: E[u u^T] = C, a spatial correlation,
+    so the estimate is C times the gradient, the gradient smoothed over about sigma cells. That is still
+    a descent direction (C is positive semi-definite), and its effective dimension is about
+    d / (4 pi sigma^2) rather than d, so n probes estimate it far better: what a smooth mask needs."""
     if kind == "gaussian":
         return rng.standard_normal((n, *shape), dtype=np.float32)
     if kind == "rademacher":
         return (rng.integers(0, 2, size=(n, *shape), dtype=np.int8) * 2 - 1).astype(np.float32)
+    if kind == "smooth":
+        if len(shape) < 2:
+            raise ParameterError("smooth directions need a grid (at least two axes)")
+        noise = rng.standard_normal((n, *shape), dtype=np.float32)
+        return smoothing_matrix(shape[-2], sigma) @ noise @ smoothing_matrix(shape[-1], sigma).T
     raise ParameterError(f"unknown directions {kind!r}: use one of {', '.join(DIRECTIONS)}")
 
 
@@ -55,7 +72,7 @@ def antithetic_gradient(plus: np.ndarray, minus: np.ndarray, directions: np.ndar
 
 def estimate_gradient(f: Callable[[np.ndarray], np.ndarray], theta: np.ndarray, *, n_directions: int = 32,
                       eps: float = 0.05, rng: np.random.Generator | None = None,
-                      kind: str = "gaussian") -> tuple[np.ndarray, np.ndarray]:
+                      kind: str = "gaussian", sigma: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Finite-difference gradient of ``f`` at ``theta`` [K, ...] from ``n_directions`` antithetic pairs.
 
     ``f`` receives all 2 * n_directions probes at once, stacked as [2n, K, ...], and returns [2n, K]: one
@@ -67,7 +84,7 @@ def estimate_gradient(f: Callable[[np.ndarray], np.ndarray], theta: np.ndarray, 
         raise ParameterError(f"eps must be positive, got {eps}")
     rng = rng if rng is not None else np.random.default_rng()
     theta = np.asarray(theta, np.float32)
-    u = random_directions(rng, n_directions, theta.shape, kind=kind)
+    u = random_directions(rng, n_directions, theta.shape, kind=kind, sigma=sigma)
     probes = np.concatenate([theta + eps * u, theta - eps * u])
     values = np.asarray(f(probes), np.float64).reshape(2 * n_directions, theta.shape[0])
     plus, minus = values[:n_directions], values[n_directions:]
