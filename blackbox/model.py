@@ -22,7 +22,7 @@ from onnx.external_data_helper import load_external_data_for_model, uses_externa
 from . import runtime
 from .errors import ModelError, NumericalError, ParameterError, TargetError
 from .graph.batching import make_batch_dynamic
-from .graph.compose import BASELINE, MASKS, RXT, RY, SCORES, SEGMENTS, TARGETS, X, X_IN, ImageInput, ScoreOutput, forward_graph, mask_graph, scoring_graph
+from .graph.compose import BASELINE, MASKS, RXT, RY, SCORES, SEGMENTS, TARGETS, X, X_IN, ImageInput, ScoreOutput, forward_graph, perturbation_graph
 from .graph.onnx_utils import FLOAT_TYPES, default_opset, dims, elem_type, real_inputs
 from .labels import Labels, labels_from_metadata, read_labels
 from .preprocess import Preprocess
@@ -390,10 +390,10 @@ class Model:
     def _perturb_runner(self, mode: str, score: str) -> runtime.Runner:
         key = (mode, score)
         if key not in self._perturb_runners:
-            scoring = scoring_graph(self.graph, self.image, self.output, score=score, constants=self.constants)
-            masks = runtime.make_session(mask_graph(self.image, mode=mode), self.device)
-            self._perturb_runners[key] = runtime.Runner(runtime.make_session(scoring, self.device), self.device,
-                                                        self.batch_size(), SCORES, pre=(masks, X))
+            graph = perturbation_graph(self.graph, self.image, self.output, mode=mode, score=score,
+                                       constants=self.constants)
+            self._perturb_runners[key] = runtime.Runner(runtime.make_session(graph, self.device), self.device,
+                                                        self.batch_size(), SCORES)
         return self._perturb_runners[key]
 
     def score_masks(self, x: np.ndarray, masks: np.ndarray, *, baseline: np.ndarray, targets: Sequence[int],

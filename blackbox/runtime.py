@@ -121,18 +121,15 @@ class Runner:
 
     ``fixed`` inputs (image, baseline, targets, matrices shared by all samples) are bound once per
     call; ``batched`` inputs are split along axis 0. On CUDA the fixed inputs live on the device.
-    ``pre=(session, link)`` chains a first session whose output ``link`` stays an OrtValue on the
-    device and feeds the main session (how mask graphs feed the model).
     """
 
     def __init__(self, session: ort.InferenceSession, device: Device, batch_size: int,
-                 output: str | Sequence[str], pre: tuple[ort.InferenceSession, str] | None = None):
+                 output: str | Sequence[str]):
         self.session = session
         self.device = device
         self.batch_size = max(1, int(batch_size))
         self.output = output
         self.outputs = [output] if isinstance(output, str) else list(output)
-        self.pre = pre
 
     def run(self, fixed: dict[str, np.ndarray], batched: dict[str, np.ndarray],
             progress: Callable[[int], None] | None = None) -> np.ndarray | list[np.ndarray]:
@@ -140,12 +137,10 @@ class Runner:
         n = len(next(iter(batched.values())))
         binding = self.session.io_binding()
         device_type = "cuda" if self.device.kind == "cuda" else "cpu"
-        main_inputs = {i.name for i in self.session.get_inputs()}
-        pre_binding = self.pre[0].io_binding() if self.pre else None
 
         def bind(name: str, array: np.ndarray) -> None:
             value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), device_type, self.device.index)
-            (binding if name in main_inputs else pre_binding).bind_ortvalue_input(name, value)
+            binding.bind_ortvalue_input(name, value)
 
         for name, array in fixed.items():
             bind(name, array)
@@ -156,11 +151,6 @@ class Runner:
             try:
                 for name, array in batched.items():
                     bind(name, array[start:stop])
-                if self.pre:
-                    pre_session, link = self.pre
-                    pre_binding.bind_output(link, device_type, self.device.index)
-                    pre_session.run_with_iobinding(pre_binding)
-                    binding.bind_ortvalue_input(link, pre_binding.get_outputs()[0])
                 for name in self.outputs:
                     binding.bind_output(name, "cpu")
                 self.session.run_with_iobinding(binding)

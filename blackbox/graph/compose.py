@@ -170,10 +170,9 @@ def mask_graph(spec: ImageInput, *, mode: str) -> onnx.ModelProto:
     Inputs: ``MASKS``; ``RY`` [H, h] or [N, 1, H, h] and ``RXT`` [w, W] or [N, 1, w, W] (grid mode) or
     ``SEGMENTS`` int64 [C, H, W] (segments mode); ``X_IN`` and ``BASELINE`` float32 [1, C, H, W].
     Callers give masks with C channels (repeated when all channels share one mask), so the blend
-    broadcasts only over the batch, ONNX Runtime's fast path. This graph is a session of its own,
-    chained on the device to the scoring graph: fused into the model's graph it let ONNX Runtime's
-    layout optimisations of quantized models go wrong (20% slower on MobileNetV2-int8, against 5%
-    for two sessions), and it keeps its own opset whatever the model's.
+    broadcasts only over the batch, ONNX Runtime's fast path. :func:`perturbation_graph` fuses it
+    with the scoring graph: one session run per batch (two chained sessions measured 1.9x the bare
+    MobileNetV2-int8 with two threads, fused 1.2-1.3x).
     """
     b = _Builder()
     H, W = spec.height, spec.width
@@ -218,3 +217,18 @@ def scoring_graph(model: onnx.ModelProto, spec: ImageInput, out: ScoreOutput, *,
     outputs = [helper.make_tensor_value_info(SCORES, TensorProto.FLOAT, ["N", "T"])]
     return _assemble(model, b, spec, inputs, outputs, constants or {})
 
+
+
+def perturbation_graph(model: onnx.ModelProto, spec: ImageInput, out: ScoreOutput, *, mode: str, score: str,
+                       constants: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
+    """The mask graph and the scoring graph fused into one: masks in, target scores out. Every op the
+    mask part uses (MatMul, Sub, Mul, Add, Gather, Reshape) exists in every opset the models use."""
+    masks = mask_graph(spec, mode=mode)
+    scoring = scoring_graph(model, spec, out, score=score, constants=constants)
+    g = scoring.graph
+    graph = helper.make_graph(list(masks.graph.node) + list(g.node), "blackbox_perturbation",
+                              list(masks.graph.input) + [i for i in g.input if i.name != X], list(g.output),
+                              list(masks.graph.initializer) + list(g.initializer))
+    graph.value_info.extend(g.value_info)
+    graph.sparse_initializer.extend(g.sparse_initializer)
+    return finish_model(scoring, graph)
