@@ -25,8 +25,8 @@ from blackbox.methods.gradients import draw_noise
 from blackbox.shapes import make_shapes, watermark_box
 from conftest import IMAGENET_LABELS, real
 
-torch = pytest.importorskip("torch")
-captum_attr = pytest.importorskip("captum.attr")
+import torch as torch  # test extra: missing means a broken install, not a skip
+import captum.attr as captum_attr  # test extra: missing means a broken install, not a skip
 
 from torch_models import MODELS as NETS  # noqa: E402
 from torch_models import LogitsOnly, exported, for_blackbox  # noqa: E402

@@ -14,9 +14,9 @@ from onnx import TensorProto, helper, numpy_helper
 import blackbox
 from blackbox.errors import ParameterError
 
-torch = pytest.importorskip("torch")
+import torch as torch  # test extra: missing means a broken install, not a skip
 nn = torch.nn
-captum_attr = pytest.importorskip("captum.attr")
+import captum.attr as captum_attr  # test extra: missing means a broken install, not a skip
 from captum.attr._utils.custom_modules import Addition_Module  # noqa: E402
 from captum.attr._utils.lrp_rules import Alpha1_Beta0_Rule, EpsilonRule  # noqa: E402
 

@@ -14,9 +14,9 @@ import warnings
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-captum_attr = pytest.importorskip("captum.attr")
-onnx = pytest.importorskip("onnx")
+import torch as torch  # test extra: missing means a broken install, not a skip
+import captum.attr as captum_attr  # test extra: missing means a broken install, not a skip
+import onnx as onnx  # test extra: missing means a broken install, not a skip
 
 import blackbox  # noqa: E402
 from blackbox.errors import ParameterError  # noqa: E402

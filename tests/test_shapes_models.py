@@ -27,8 +27,7 @@ REQUIRED_OPS = {"Conv", "BatchNormalization", "Relu", "MaxPool", "Add", "GlobalA
 
 
 def _session(path: Path) -> ort.InferenceSession:
-    if not path.exists():
-        pytest.skip(f"{path.name} missing: run python scripts/build_models.py")
+    assert path.exists(), f"{path.name} missing: run python scripts/build_models.py"
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
@@ -130,8 +129,7 @@ def test_generator_rejects_bad_arguments() -> None:
 
 @pytest.mark.parametrize("path", [CLEAN, SHORTCUT], ids=lambda p: p.name)
 def test_model_file_structure(path: Path) -> None:
-    if not path.exists():
-        pytest.skip(f"{path.name} missing: run python scripts/build_models.py")
+    assert path.exists(), f"{path.name} missing: run python scripts/build_models.py"
     assert path.stat().st_size < 2 * 1024 * 1024
     model = onnx.load(str(path))
     onnx.checker.check_model(model)
@@ -198,8 +196,7 @@ def test_shortcut_model_relies_on_watermark(fresh) -> None:
 
 def test_labels_file_and_samples() -> None:
     labels = MODELS / "shapes.txt"
-    if not labels.exists():
-        pytest.skip("models not built")
+    assert labels.exists(), "models/shapes.txt missing: run python scripts/build_models.py"
     assert labels.read_text().split() == list(CLASSES)
     samples = MODELS / "samples"
     names = [*CLASSES, "triangle_watermarked", "circle_watermarked"]

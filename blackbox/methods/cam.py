@@ -28,6 +28,8 @@ Defaults and conventions:
 
 from __future__ import annotations
 
+import abc
+
 import numpy as np
 
 from ..errors import ParameterError
@@ -68,14 +70,14 @@ def upsample_map(cam: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------- variants
-class BaseCAM:
+class BaseCAM(abc.ABC):
     """``relu(sum_k weights(A, G)_k * A_k)``; subclasses override :meth:`weights` only."""
 
     name = "cam"
 
+    @abc.abstractmethod
     def weights(self, activations: np.ndarray, grads: np.ndarray) -> np.ndarray:
         """Weights broadcastable to ``activations`` [K, h, w]: [K, 1, 1] per channel or [K, h, w]."""
-        raise NotImplementedError
 
     def cam(self, activations: np.ndarray, grads: np.ndarray) -> np.ndarray:
         return np.maximum((self.weights(activations, grads) * activations).sum(axis=0), 0.0)
