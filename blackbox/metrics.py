@@ -366,16 +366,6 @@ def compare_maps(original: np.ndarray, other: np.ndarray) -> dict[str, float]:
     return {"spearman_abs": _spearman(np.abs(a), np.abs(b)), "spearman": _spearman(a, b), "ssim": _ssim(a, b)}
 
 
-def _reload(model: "Model", proto: onnx.ModelProto) -> "Model":
-    """A Model over a modified graph with every choice of the original (preprocess, labels, names, kind)."""
-    from .model import load
-
-    return load(proto, preprocess=model.preprocess, labels=None if model.labels is None else list(model.labels.names),
-                device=f"cuda:{model.device.index}" if model.device.kind == "cuda" else "cpu",
-                input_name=model.image.name, output_name=model.output.name, output_kind=model.output_kind,
-                layout=model.layout, inputs=dict(model.constants) or None, batch_size=getattr(model, "_requested_batch", None))
-
-
 def sanity_check(model: "Model", x: Any, method: str, *, target: Any = None, mode: str = "cascading",
                  layers: int | Sequence[str] | None = None, seed: int = 0, score: str | None = None,
                  keep_maps: bool = False, **params: Any) -> list[Step]:
@@ -429,7 +419,7 @@ def sanity_check(model: "Model", x: Any, method: str, *, target: Any = None, mod
         done.append(layer.name)
         copy = onnx.ModelProto()
         copy.CopyFrom(current)
-        randomised = _reload(model, copy)
+        randomised = model.with_graph(copy)
         heat = explain(randomised, source, method, target=index, score=score, seed=seed, **params).model_heatmap
         steps.append(Step(index=i, layer=layer.name, op_type=layer.op_type, layers=list(done),
                           heatmap=np.asarray(heat) if keep_maps else None, **compare_maps(reference, heat)))

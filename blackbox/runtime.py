@@ -14,13 +14,14 @@ from typing import Callable, Sequence
 import numpy as np
 import onnx
 
-from .errors import ParameterError
+from .errors import ModelError, NumericalError, ParameterError
 
-# Import quietly: ORT prints provider warnings at import and session creation on CPU-only machines.
+# Import quietly: ORT prints provider warnings at import and session creation on CPU-only machines, and
+# its own error lines before raising; blackbox reports every failure itself, in one line.
 os.environ.setdefault("ORT_LOGGING_LEVEL", "3")
 import onnxruntime as ort  # noqa: E402
 
-ort.set_default_logger_severity(3)
+ort.set_default_logger_severity(4)
 
 _OOM = re.compile(r"(out of memory|failed to allocate|bad_alloc|cudaErrorMemoryAllocation)", re.I)
 
@@ -58,16 +59,11 @@ def cuda_works(index: int = 0) -> bool:
     """True only when a CUDA session really initialises (the GPU wheel lists CUDA even without a GPU)."""
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         return False
-    ort.set_default_logger_severity(4)  # a failed CUDA load logs at ERROR level; this is an expected answer
-    try:
-        options = _session_options()
-        options.log_severity_level = 4
-        sess = ort.InferenceSession(_tiny_model(), options, providers=Device("cuda", index).providers)
+    try:  # a failed CUDA load logs at ERROR level, which the quiet default logger keeps off stderr
+        sess = ort.InferenceSession(_tiny_model(), _session_options(), providers=Device("cuda", index).providers)
         return "CUDAExecutionProvider" in sess.get_providers()
     except Exception:  # noqa: BLE001 - any failure means "no CUDA here"
         return False
-    finally:
-        ort.set_default_logger_severity(3)
 
 
 def resolve_device(device: str | None) -> Device:
@@ -99,7 +95,7 @@ def set_threads(threads: int | None) -> None:
 
 def _session_options() -> ort.SessionOptions:
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # failures reach the user as exceptions, in one line; no log spam
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if _THREADS:
         options.intra_op_num_threads = _THREADS
@@ -109,7 +105,33 @@ def _session_options() -> ort.SessionOptions:
 
 
 def make_session(model: onnx.ModelProto, device: Device) -> ort.InferenceSession:
-    return ort.InferenceSession(model.SerializeToString(), _session_options(), providers=device.providers)
+    """A session for ``model``; ONNX Runtime's refusal (an op it lacks, a type mismatch, a bad attribute)
+    becomes one line naming the cause, with ONNX Runtime's own log kept off stderr."""
+    try:
+        return ort.InferenceSession(model.SerializeToString(), _session_options(), providers=device.providers)
+    except Exception as error:  # noqa: BLE001 - ORT raises Fail, InvalidGraph, NotImplemented, RuntimeException
+        if is_out_of_memory(error):
+            raise
+        raise ModelError(f"onnxruntime cannot load the model: {describe_error(error)}") from None
+
+
+def describe_error(error: BaseException) -> str:
+    """ONNX Runtime's message in one short line: without its "[ONNXRuntimeError] : 1 : FAIL :" prefix
+    and the C++ source location and signature it quotes."""
+    text = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    text = re.sub(r"/?\S*onnxruntime_src/\S*:\d+ (\S+ )*?\S+\(.*?\) ", "", text)
+    text = re.sub(r"\s+Status Message:\s*", ": ", text)
+    return text[:300]
+
+
+def check_finite(values: np.ndarray, what: str) -> np.ndarray:
+    """Scores that are NaN or infinite are the model's answer to bad input, not numbers to explain."""
+    if not np.all(np.isfinite(values)):
+        rows = int(np.sum(~np.all(np.isfinite(values.reshape(len(values), -1)), axis=1)))
+        raise NumericalError(f"the model returned NaN or infinite scores for {rows} of {len(values)} {what}; "
+                             "check the preprocessing (--preset) and the model")
+    return values
 
 
 def is_out_of_memory(error: BaseException) -> bool:

@@ -11,6 +11,7 @@ Both are measured in the same run, alternating, and the ratio is printed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import numpy as np
@@ -87,7 +88,7 @@ def main() -> None:
     runners = {}
     for size in sizes_ours:
         model._perturb_runners.clear()
-        model._requested_batch = size
+        model.description = dataclasses.replace(model.description, requested_batch=size)
         model.score_masks(x, masks[:size], baseline=baseline, targets=[0], score="probability", ry=ry, rx=rx)
         runners[size] = dict(model._perturb_runners)
     bare_best = bare_per[best_size]

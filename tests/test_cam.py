@@ -119,7 +119,7 @@ def close(actual, expected, rtol=1e-4, what=""):
 def test_cam_variants_match_pytorch_grad_cam_formulas(name, exporter):
     net, x, proto, model = family(name, exporter)
     layer = last_input_of(proto, ("GlobalAveragePool", "ReduceMean"))
-    assert model.gradients.default_cam_layer() == layer
+    assert model.default_cam_layer() == layer
     forward = FAMILIES[name][2]
     worst = 0.0
     for target in (1, 7):
@@ -145,7 +145,7 @@ def test_explicit_non_default_layer():
     """DenseNet: the block output (before the final BatchNorm) named explicitly."""
     net, x, proto, model = family("densenet", "torchscript")
     layer = last_input_of(proto, ("BatchNormalization",))
-    assert layer in model.gradients.spatial_layers() and layer != model.gradients.default_cam_layer()
+    assert layer in [l.name for l in model.layers() if l.spatial] and layer != model.default_cam_layer()
     a, g = torch_layer_grads(lambda n, t: n(t), net, x[:1], 3)  # net(x) returns (logits, feat)
     e = blackbox.explain(model, x[0].numpy(), "grad_cam", target=3, score="raw", layer=layer)
     close(e.attributions, reference_cam("grad_cam", a, g).numpy())
@@ -175,7 +175,7 @@ def test_guided_grad_cam_matches_torch():
 # ---------------------------------------------------------------------------------------- Score-CAM
 def test_score_cam_matches_direct_reimplementation(shapes_model):
     batch = make_shapes(2, seed=2024)
-    layer = shapes_model.gradients.default_cam_layer()
+    layer = shapes_model.default_cam_layer()
     proto = onnx.load(str(MODELS / "shapes.onnx"))
     proto.graph.output.append(onnx.helper.make_tensor_value_info(layer, onnx.TensorProto.FLOAT, None))
     sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -211,7 +211,7 @@ def test_grad_cam_points_at_the_shape(shapes_model):
     6 px (less than one cell) for 93/100; every miss at 4 px is a star, whose map is a plateau over the
     star that often peaks between two arms. Circles, squares and triangles: 100% within 4 px."""
     batch = make_shapes(100, seed=12345)
-    assert shapes_model.gradients.tensor_shapes()[shapes_model.gradients.default_cam_layer()][2:] == [8, 8]
+    assert shapes_model.layer(shapes_model.default_cam_layer()).shape[1:] == (8, 8)
     distances = []
     for image, label, mask in zip(batch.images, batch.labels, batch.masks):
         e = blackbox.explain(shapes_model, image.transpose(2, 0, 1).astype(np.float32) / 255.0, "grad_cam",
@@ -281,5 +281,5 @@ def test_bad_layer_names_the_parameter_and_candidates(shapes_model):
         with pytest.raises(ParameterError) as err:
             blackbox.explain(shapes_model, x, method, target=0, layer="no_such_tensor")
         msg = str(err.value)
-        assert "layer" in msg and "no_such_tensor" in msg and shapes_model.gradients.default_cam_layer() in msg
+        assert "layer" in msg and "no_such_tensor" in msg and shapes_model.default_cam_layer() in msg
 

@@ -9,11 +9,19 @@ from onnx import TensorProto, helper, numpy_helper
 # onnxruntime 1.31 accepts IR versions up to 13; the onnx package writes 14 unless told otherwise.
 MAX_IR_VERSION = 10
 
+DEFAULT_DOMAINS = ("", "ai.onnx")
+
+FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16)
+
+# Marks Round nodes whose gradient is the identity (the straight-through estimator of fake
+# quantization): written by ``precision.dequantize``, read by the autodiff ``Round`` rule.
+STE_MARK = "blackbox:straight-through"
+
 
 def default_opset(model: onnx.ModelProto) -> int:
     """The version of the default ("" / ai.onnx) domain the model imports."""
     for entry in model.opset_import:
-        if entry.domain in ("", "ai.onnx"):
+        if entry.domain in DEFAULT_DOMAINS:
             return int(entry.version)
     return 1
 
@@ -28,13 +36,12 @@ def real_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
     return [i for i in graph.input if i.name not in inits]
 
 
-def dims(value: onnx.ValueInfoProto) -> list[int | str | None]:
-    """Dimensions of a tensor value: int when fixed, the symbol name when symbolic, None when unknown."""
-    shape = value.type.tensor_type.shape
-    if not value.type.tensor_type.HasField("shape"):
-        return []
+def type_dims(tp: onnx.TypeProto) -> list[int | str | None] | None:
+    """Dimensions of a tensor type (int fixed, str symbolic, None unknown); None when the rank is unknown."""
+    if not tp.HasField("tensor_type") or not tp.tensor_type.HasField("shape"):
+        return None
     out: list[int | str | None] = []
-    for d in shape.dim:
+    for d in tp.tensor_type.shape.dim:
         if d.HasField("dim_value"):
             out.append(int(d.dim_value))
         elif d.HasField("dim_param"):
@@ -42,6 +49,73 @@ def dims(value: onnx.ValueInfoProto) -> list[int | str | None]:
         else:
             out.append(None)
     return out
+
+
+def dims(value: onnx.ValueInfoProto) -> list[int | str | None]:
+    """Dimensions of a tensor value: int when fixed, the symbol name when symbolic, None when unknown
+    ([] when even the rank is unknown)."""
+    found = type_dims(value.type)
+    return [] if found is None else found
+
+
+def value_types(model: onnx.ModelProto) -> dict[str, tuple[int, list | None]]:
+    """name -> (onnx elem type, dims as :func:`type_dims`) for every tensor of the main graph whose type
+    is known (value_info, inputs, outputs, initializers)."""
+    g = model.graph
+    out: dict[str, tuple[int, list | None]] = {}
+    for vi in list(g.value_info) + list(g.input) + list(g.output):
+        if vi.type.HasField("tensor_type"):
+            out[vi.name] = (int(vi.type.tensor_type.elem_type), type_dims(vi.type))
+    for t in g.initializer:
+        out[t.name] = (int(t.data_type), [int(d) for d in t.dims])
+    return out
+
+
+def get_attr(node: onnx.NodeProto, name: str, default=None):
+    """The value of attribute ``name`` of ``node`` (strings decoded), else ``default``."""
+    for a in node.attribute:
+        if a.name == name:
+            value = helper.get_attribute_value(a)
+            return value.decode() if isinstance(value, bytes) else value
+    return default
+
+
+def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The graphs held by a node's attributes (If branches, Loop/Scan bodies)."""
+    out: list[onnx.GraphProto] = []
+    for a in node.attribute:
+        if a.type == onnx.AttributeProto.GRAPH:
+            out.append(a.g)
+        elif a.type == onnx.AttributeProto.GRAPHS:
+            out.extend(a.graphs)
+    return out
+
+
+def outer_references(node: onnx.NodeProto) -> set[str]:
+    """Names a node's subgraphs (at any depth) read from the enclosing scopes: an If whose branches use
+    ``x`` depends on ``x`` although ``x`` is not among its inputs."""
+    found: set[str] = set()
+    for g in subgraphs(node):
+        local = {i.name for i in g.input} | {t.name for t in g.initializer} | \
+            {t.name for t in g.sparse_initializer}
+        for n in g.node:
+            found.update(i for i in n.input if i and i not in local)
+            found.update(r for r in outer_references(n) if r not in local)
+            local.update(n.output)
+        found.update(o.name for o in g.output if o.name not in local)
+    return found
+
+
+def all_inputs(node: onnx.NodeProto) -> list[str]:
+    """A node's inputs followed by the outer-scope names its subgraphs read (see :func:`outer_references`)."""
+    ins = [i for i in node.input if i]
+    extra = outer_references(node) if len(node.attribute) else ()
+    return ins + sorted(set(extra) - set(ins))
+
+
+def is_straight_through(node: onnx.NodeProto) -> bool:
+    """Whether ``node`` carries :data:`STE_MARK` (its gradient is the identity)."""
+    return STE_MARK in node.doc_string or node.name.startswith(STE_MARK)
 
 
 def elem_type(value: onnx.ValueInfoProto) -> int:
@@ -56,9 +130,6 @@ def np_dtype(onnx_type: int) -> np.dtype:
     return helper.tensor_dtype_to_np_dtype(onnx_type)
 
 
-FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16)
-
-
 def finish_model(model: onnx.ModelProto, graph: onnx.GraphProto) -> onnx.ModelProto:
     """A new model around `graph` with the source model's opsets and an IR version ORT accepts."""
     out = helper.make_model(graph, opset_imports=list(model.opset_import), producer_name="blackbox")
@@ -68,3 +139,13 @@ def finish_model(model: onnx.ModelProto, graph: onnx.GraphProto) -> onnx.ModelPr
         out.metadata_props.add(key=prop.key, value=prop.value)
     out.functions.extend(model.functions)
     return out
+
+
+_TYPE_NAMES = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16", TensorProto.DOUBLE: "float64",
+               TensorProto.UINT8: "uint8", TensorProto.BFLOAT16: "bfloat16", TensorProto.INT64: "int64",
+               TensorProto.INT32: "int32", TensorProto.INT8: "int8"}
+
+
+def type_name(onnx_type: int) -> str:
+    """numpy-style name of an ONNX element type, for messages."""
+    return _TYPE_NAMES.get(onnx_type, TensorProto.DataType.Name(onnx_type).lower())

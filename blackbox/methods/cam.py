@@ -23,7 +23,7 @@ Defaults and conventions:
   exactly (the upsampled map's own extremes differ: half-pixel centres miss the low-res centres).
   ``heatmap`` is the raw CAM upsampled bilinearly (half-pixel centres, as ``cv2.resize`` and
   ``F.interpolate(align_corners=False)``) to the model input.
-* ``layer`` names a tensor of the (float) graph; ``model.gradients.spatial_layers()`` lists them.
+* ``layer`` names a tensor of the (float) graph; ``[l.name for l in model.layers() if l.spatial]`` lists them.
 """
 
 from __future__ import annotations
@@ -42,15 +42,14 @@ _XGRAD_EPS = 1e-7  # pytorch-grad-cam's XGradCAM stabiliser on sum(A)
 # ------------------------------------------------------------------------------------- shared steps
 def resolve_layer(model, layer: str | None) -> str:
     """The CAM layer: ``layer`` checked against the spatial activations, or the default one."""
-    engine = model.gradients
     if layer is None:
-        return engine.default_cam_layer()
-    spatial = engine.spatial_layers()
+        return model.default_cam_layer()
+    spatial = [entry.name for entry in model.layers() if entry.spatial]
     if layer not in spatial:
         last = ", ".join(repr(n) for n in spatial[-5:])
         raise ParameterError(f"layer {layer!r} is not a spatial activation of the model (a 4-D tensor with height x "
                              f"width > 1); {len(spatial)} candidates, the last ones: {last} (default: "
-                             f"{engine.default_cam_layer()!r})")
+                             f"{model.default_cam_layer()!r})")
     return layer
 
 
@@ -218,10 +217,7 @@ def score_cam(ctx: Context, *, layer: str | None = None) -> Result:
     the low-res maps are the masks and the bilinear upsampling happens in the graph. ``layer`` as for
     ``grad_cam``."""
     name = resolve_layer(ctx.model, layer)
-    engine = ctx.model.gradients
-    # the tapped pass only supplies activations; score "logit" shares the session with the Grad-CAM family
-    out = engine.run(ctx.x[None], engine.one_hot(ctx.target), score="logit", taps=(name,))
-    activations = out.taps[name][0][0].astype(np.float64)
+    activations = ctx.model.activations(ctx.x[None], [name])[name][0].astype(np.float64)  # forward only
     _, height, width = ctx.shape
     ry = linear_matrix(activations.shape[1], height).astype(np.float64)
     rx = linear_matrix(activations.shape[2], width).astype(np.float64)
@@ -239,7 +235,7 @@ def score_cam(ctx: Context, *, layer: str | None = None) -> Result:
         weights[live] = scores[:, 0]
     cam = np.maximum(np.einsum("k,khw->hw", weights, activations), 0.0)
     return Result(attributions=cam.astype(np.float32), heatmap=upsample_map(cam, height, width).astype(np.float32),
-                  n_evals=len(live) + 1, pixel_attributions=False, notes=list(engine.notes),
+                  n_evals=len(live) + 1, pixel_attributions=False, notes=ctx.model.precision_notes,
                   extras={"layer": name, "layer_shape": list(activations.shape),
                           "channel_weights": weights.astype(np.float32),
                           "constant_maps": int(len(weights) - len(live))})

@@ -1,0 +1,110 @@
+"""The tensors a user can look at inside a model, and forward-only taps that return them.
+
+Layer discovery lives here once: CAMs pick their layer from it, Score-CAM and feature visualisation
+read activations through :func:`with_taps`, which only adds graph outputs — no op needs a gradient rule
+to be tapped. Shapes come from ONNX shape inference with the batch fixed to 1, so they are per sample.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Sequence
+
+import onnx
+from onnx import TensorProto, helper
+
+from .onnx_utils import dims, elem_type
+
+# ops after which a spatial map stops being spatial: the CAM layer is the last map that feeds one
+SPATIAL_REDUCERS = {"GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax", "Flatten", "Reshape",
+                    "AveragePool", "MaxPool"}
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One tappable tensor: its name, the op that makes it, its shape per sample, where it sits."""
+
+    name: str
+    op_type: str
+    shape: tuple  # per sample (no batch axis); ints, or None where shape inference could not tell
+    index: int  # position of the producing node in graph order
+
+    @property
+    def kind(self) -> str:
+        """"map" ([C, H, W] with H x W > 1), "tokens" ([T, C]), "vector" ([K]) or "other"."""
+        known = all(isinstance(d, int) for d in self.shape)
+        if len(self.shape) == 3 and known and self.shape[1] * self.shape[2] > 1:
+            return "map"
+        if len(self.shape) == 2 and known:
+            return "tokens"
+        if len(self.shape) == 1:
+            return "vector"
+        return "other"
+
+    @property
+    def spatial(self) -> bool:
+        return self.kind == "map"
+
+
+def _with_unit_batch(model: onnx.ModelProto) -> onnx.ModelProto:
+    graph = copy.deepcopy(model)
+    for value in graph.graph.input:
+        shape = value.type.tensor_type.shape
+        if len(shape.dim) and not shape.dim[0].HasField("dim_value"):
+            shape.dim[0].Clear()
+            shape.dim[0].dim_value = 1
+    return graph
+
+
+def tensor_shapes(model: onnx.ModelProto) -> dict[str, list]:
+    """Inferred shapes (batch 1, batch axis included) of the graph's float32 tensors."""
+    graph = _with_unit_batch(model)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(graph)
+    except Exception:  # noqa: BLE001 - shape inference gives up on some exports; fewer layers then
+        inferred = graph
+    return {value.name: dims(value) for value in list(inferred.graph.value_info) + list(inferred.graph.output)
+            if elem_type(value) == TensorProto.FLOAT}
+
+
+def discover_layers(model: onnx.ModelProto) -> list[Layer]:
+    """Every float32 tensor a node produces, in graph order, with its per-sample shape."""
+    shapes = tensor_shapes(model)
+    layers = []
+    for index, node in enumerate(model.graph.node):
+        for name in node.output:
+            shape = shapes.get(name)
+            if name and shape:
+                layers.append(Layer(name, node.op_type, tuple(shape[1:]), index))
+    return layers
+
+
+def default_cam_layer(model: onnx.ModelProto, layers: Sequence[Layer]) -> str | None:
+    """The last spatial map that feeds a pooling or flattening op (Grad-CAM's usual layer), else the last
+    spatial map; None when there is none."""
+    spatial = {layer.name for layer in layers if layer.spatial}
+    chosen = None
+    for node in model.graph.node:
+        if node.op_type in SPATIAL_REDUCERS and node.input and node.input[0] in spatial:
+            chosen = node.input[0]
+    if chosen is None:
+        ordered = [layer.name for layer in layers if layer.spatial]
+        chosen = ordered[-1] if ordered else None
+    return chosen
+
+
+def with_taps(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
+    """A copy of ``model`` that also returns the named intermediate tensors (forward only)."""
+    produced = {out for node in model.graph.node for out in node.output} | {i.name for i in model.graph.input}
+    missing = [name for name in names if name not in produced]
+    if missing:
+        raise KeyError(missing[0])
+    tapped = onnx.ModelProto()
+    tapped.CopyFrom(model)
+    present = {o.name for o in tapped.graph.output}
+    for name in names:
+        if name not in present:
+            tapped.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+            present.add(name)
+    return tapped
