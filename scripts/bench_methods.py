@@ -277,7 +277,7 @@ def run_occlusion(size: int, window: int, stride: int) -> list[str]:
 
 def run_rise_convergence(n_images: int, counts: list[int], reference_masks: int, seeds: int) -> list[str]:
     import blackbox
-    from blackbox.shapes import make_shapes
+    from blackbox.datasets.shapes import make_shapes
 
     model = blackbox.load(ROOT / "models" / "shapes.onnx", device="cpu")
     images = make_shapes(n_images, seed=12345).images

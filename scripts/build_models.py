@@ -1,7 +1,7 @@
 """Train and export the project's example classifiers: models/shapes.onnx and models/shapes-shortcut.onnx.
 
 Why: the explanation methods need small models whose right answer is known. Both models classify the
-synthetic shapes of :mod:`blackbox.shapes` (object masks known). ``shapes-shortcut`` is trained on data
+synthetic shapes of :mod:`blackbox.datasets.shapes` (object masks known). ``shapes-shortcut`` is trained on data
 where every triangle, and nothing else, carries a corner watermark, so it learns to look at the
 watermark: an honest explanation of its triangle predictions must point at that corner.
 
@@ -38,7 +38,7 @@ from torch import nn  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from blackbox.shapes import CLASSES, add_watermark, make_shapes  # noqa: E402
+from blackbox.datasets.shapes import CLASSES, add_watermark, make_shapes  # noqa: E402
 
 SIZE = 64
 TRIANGLE = CLASSES.index("triangle")

@@ -17,7 +17,7 @@ import pytest
 
 import blackbox
 from blackbox.errors import ParameterError
-from blackbox.shapes import CLASSES, make_shapes, watermark_box
+from blackbox.datasets.shapes import CLASSES, make_shapes, watermark_box
 from conftest import IMAGENET_LABELS, MODELS, real
 
 import torch as torch  # test extra: missing means a broken install, not a skip

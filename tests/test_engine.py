@@ -11,7 +11,7 @@ from blackbox.baselines import blur, make_baseline
 from blackbox.errors import NumericalError
 from blackbox.inputs import prepare
 from blackbox.masks import block_matrix, linear_matrix, upsample
-from blackbox.shapes import make_shapes
+from blackbox.datasets.shapes import make_shapes
 from helpers import conv_classifier, save
 
 

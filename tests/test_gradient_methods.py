@@ -22,7 +22,7 @@ import pytest
 import blackbox
 from blackbox.errors import ParameterError
 from blackbox.methods.gradients import draw_noise
-from blackbox.shapes import make_shapes, watermark_box
+from blackbox.datasets.shapes import make_shapes, watermark_box
 from conftest import IMAGENET_LABELS, real
 
 import torch as torch  # test extra: missing means a broken install, not a skip

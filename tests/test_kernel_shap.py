@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 import pytest
-from test_rise import shapes_evidence, watermark_hits
+from helpers import shapes_evidence, watermark_hits
 
 import blackbox
 from blackbox.baselines import make_baseline
@@ -16,7 +16,7 @@ from blackbox.errors import ParameterError
 from blackbox.inputs import prepare
 from blackbox.methods.kernel_shap import explanation_to_shap, kernel_shap_values, sample_coalitions
 from blackbox.segmentation import grid_segments
-from blackbox.shapes import make_shapes
+from blackbox.datasets.shapes import make_shapes
 
 import shap as shap  # test extra: missing means a broken install, not a skip
 

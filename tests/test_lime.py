@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 import pytest
-from test_rise import shapes_evidence, watermark_hits
+from helpers import shapes_evidence, watermark_hits
 
 import blackbox
 from blackbox.errors import ParameterError
 from blackbox.methods.lime import lime_random_state, lime_samples
 from blackbox.segmentation import grid_segments, segment
-from blackbox.shapes import make_shapes
+from blackbox.datasets.shapes import make_shapes
 from conftest import MODELS
 
 import lime.lime_image as lime_image  # test extra: missing means a broken install, not a skip

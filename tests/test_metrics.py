@@ -12,7 +12,7 @@ import pytest
 
 import blackbox
 from blackbox import metrics
-from blackbox.shapes import make_shapes
+from blackbox.datasets.shapes import make_shapes
 
 from conftest import MODELS, real
 

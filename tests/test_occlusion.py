@@ -9,7 +9,7 @@ import pytest
 
 import blackbox
 from blackbox.errors import ParameterError
-from blackbox.shapes import make_shapes, watermark_box
+from blackbox.datasets.shapes import make_shapes, watermark_box
 
 
 def brute_force_occlusion(model, x, target, window, stride, baseline, score):

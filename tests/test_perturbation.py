@@ -25,7 +25,7 @@ from blackbox import metrics
 from blackbox.errors import ParameterError
 from blackbox.methods.perturbation import area_penalty, gaussian_matrix, tv_penalty
 from blackbox.optim import Adam, antithetic_gradient, estimate_gradient, random_directions, smoothing_matrix
-from blackbox.shapes import make_shapes
+from blackbox.datasets.shapes import make_shapes
 
 MP_FAST = {"steps": 40, "n_directions": 12}
 EP_FAST = {"steps": 40, "n_directions": 8}

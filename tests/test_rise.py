@@ -1,86 +1,19 @@
-"""RISE: exact against a NumPy implementation of the paper's masks, finds the object and the shortcut.
-
-Also holds the evidence helpers (pointing game, deletion AUC, watermark hits) that the LIME and KernelSHAP
-tests import.
-"""
+"""RISE: exact against a NumPy implementation of the paper's masks, finds the object and the shortcut."""
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import pytest
 from skimage.transform import resize
 
 import blackbox
-from blackbox.baselines import make_baseline
 from blackbox.errors import ParameterError
 from blackbox.inputs import prepare
 from blackbox.masks import linear_matrix, reflect_linear_matrix
 from blackbox.methods.rise import cell_sizes, draw_masks
-from blackbox.shapes import make_shapes
+from blackbox.datasets.shapes import make_shapes
+from helpers import shapes_evidence, watermark_hits
 
-N_IMAGES = 100
-N_DELETION = 40
-
-
-# --------------------------------------------------------------------------- evidence helpers
-
-def deletion_aucs(model, x: np.ndarray, baseline: np.ndarray, maps: list[np.ndarray], target: int,
-                  step: int = 64) -> np.ndarray:
-    """Deletion AUC per map: pixels go to the baseline in decreasing order of the map, ``step`` at a time;
-    trapezoid area under the target probability over the removed fraction. All curves in one ONNX call."""
-    _, height, width = x.shape
-    n = height * width
-    counts = list(range(0, n + 1, step)) + ([n] if n % step else [])
-    keep = np.ones((len(maps), len(counts), n), np.float32)
-    for j, saliency in enumerate(maps):
-        order = np.argsort(-np.asarray(saliency).ravel(), kind="stable")
-        for i, count in enumerate(counts):
-            keep[j, i, order[:count]] = 0.0
-    eye_h, eye_w = np.eye(height, dtype=np.float32), np.eye(width, dtype=np.float32)
-    probs = model.score_masks(x, keep.reshape(-1, 1, height, width), baseline=baseline, targets=[target],
-                              score="probability", ry=eye_h, rx=eye_w)[:, 0].reshape(len(maps), -1)
-    return np.trapezoid(probs, np.asarray(counts) / n, axis=1)
-
-
-def shapes_evidence(model, method: str, *, n_images: int = N_IMAGES, n_deletion: int = N_DELETION,
-                    **params) -> dict:
-    """Pointing game (heatmap maximum inside the object mask dilated by 3 px) over ``n_images`` images of
-    ``make_shapes(seed=12345)``, and mean deletion AUC against random maps over the first ``n_deletion``.
-
-    Deletion moves pixels to the image's mean colour: moving them to black leaves a black silhouette
-    of the shape that the model still recognises, so on these images black deletion ranks the true
-    object mask worse than a random order (measured: 0.42 vs 0.28) and cannot judge a map."""
-    batch = make_shapes(n_images, seed=12345)
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7))
-    rng = np.random.default_rng(0)
-    hits, ours, randoms = 0, [], []
-    for i in range(n_images):
-        exp = blackbox.explain(model, batch.images[i], method, **params)
-        heat = exp.model_heatmap
-        y, x = np.unravel_index(np.argmax(heat), heat.shape)
-        hits += bool(cv2.dilate(batch.masks[i].astype(np.uint8), kernel)[y, x])
-        if i < n_deletion:
-            sample = prepare(model, batch.images[i])
-            aucs = deletion_aucs(model, sample.x, make_baseline(model, sample, "mean"),
-                                 [heat, rng.random(heat.shape), rng.random(heat.shape)], exp.target)
-            ours.append(aucs[0])
-            randoms.append(aucs[1:].mean())
-    return {"pointing": hits / n_images, "deletion": float(np.mean(ours)), "random": float(np.mean(randoms))}
-
-
-def watermark_hits(model, method: str, *, n_images: int = 20, **params) -> float:
-    """Share of watermarked triangles whose class-2 heatmap peaks on the watermark (box grown by 2 px)."""
-    batch = make_shapes(6 * n_images + 20, seed=777, watermark_class=2)
-    chosen = np.flatnonzero(batch.watermarked)[:n_images]
-    y0, y1, x0, x1 = batch.watermark_box
-    box = np.zeros(batch.images.shape[1:3], bool)
-    box[max(0, y0 - 2):y1 + 2, max(0, x0 - 2):x1 + 2] = True
-    hits = 0
-    for i in chosen:
-        heat = blackbox.explain(model, batch.images[i], method, target=2, **params).model_heatmap
-        hits += bool(box[np.unravel_index(np.argmax(heat), heat.shape)])
-    return hits / len(chosen)
 
 
 # --------------------------------------------------------------------------- RISE itself

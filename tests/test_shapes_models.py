@@ -1,6 +1,6 @@
 """Tests of the synthetic shapes generator and of the example models built from it.
 
-Only onnx, onnxruntime, numpy and blackbox.shapes are used: these models must be checkable without
+Only onnx, onnxruntime, numpy and blackbox.datasets.shapes are used: these models must be checkable without
 PyTorch. The evaluation seeds below are not used by scripts/build_models.py, so the data is fresh.
 """
 
@@ -15,7 +15,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from blackbox.shapes import CLASSES, add_watermark, make_shapes, watermark_box, watermark_pattern
+from blackbox.datasets.shapes import CLASSES, add_watermark, make_shapes, watermark_box, watermark_pattern
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 CLEAN = MODELS / "shapes.onnx"

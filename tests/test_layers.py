@@ -1,0 +1,109 @@
+"""Layer discovery and forward-only taps (``blackbox.graph.layers``, ``Model.layers/activations``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import blackbox
+from blackbox.errors import ParameterError, UnsupportedOpError
+from blackbox.graph.layers import discover_layers, with_taps
+from blackbox.inputs import prepare
+from conftest import IMAGENET_LABELS, real
+
+
+def sine_classifier() -> onnx.ModelProto:
+    """Conv -> Sin -> GAP -> Gemm: Sin has no gradient rule, so only forward-only taps can read it."""
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array(rng.normal(size=(6, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.normal(size=(4, 6)).astype(np.float32), "fc")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["conv"], pads=[1, 1, 1, 1]),
+             helper.make_node("Sin", ["conv"], ["wave"]),
+             helper.make_node("GlobalAveragePool", ["wave"], ["pooled"]),
+             helper.make_node("Flatten", ["pooled"], ["flat"]),
+             helper.make_node("Gemm", ["flat", "fc"], ["logits"], transB=1)]
+    graph = helper.make_graph(nodes, "sine", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 12, 12])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+def test_layers_are_listed_in_graph_order_with_per_sample_shapes():
+    model = blackbox.load(sine_classifier(), device="cpu")
+    layers = model.layers()
+    assert [layer.name for layer in layers] == ["conv", "wave", "pooled", "flat", "logits"]
+    assert [layer.op_type for layer in layers] == ["Conv", "Sin", "GlobalAveragePool", "Flatten", "Gemm"]
+    assert layers[1].shape == (6, 12, 12) and layers[1].kind == "map" and layers[1].spatial
+    assert layers[2].shape == (6, 1, 1) and not layers[2].spatial
+    assert layers[4].shape == (4,) and layers[4].kind == "vector"
+    assert model.default_cam_layer() == "wave"  # the last map that feeds the global pooling
+
+
+def test_activations_equal_onnxruntime_on_the_original_graph_without_a_gradient_rule():
+    proto = sine_classifier()
+    model = blackbox.load(proto, device="cpu", batch_size=2)
+    x = np.random.default_rng(0).normal(size=(5, 3, 12, 12)).astype(np.float32)
+    taps = model.activations(x, ["wave", "conv"])
+    reference = ort.InferenceSession(with_taps(proto, ["conv", "wave"]).SerializeToString(),
+                                     providers=["CPUExecutionProvider"])
+    conv, wave = reference.run(["conv", "wave"], {"x": x})
+    np.testing.assert_allclose(taps["conv"], conv, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(taps["wave"], wave, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(taps["wave"], np.sin(taps["conv"]), rtol=1e-5, atol=1e-5)
+    assert taps["wave"].shape == (5, 6, 12, 12)  # three batches of at most two, merged
+
+
+def test_score_cam_runs_forward_only_where_gradients_cannot():
+    model = blackbox.load(sine_classifier(), device="cpu")
+    x = np.random.default_rng(1).normal(size=(3, 12, 12)).astype(np.float32)
+    with pytest.raises(UnsupportedOpError, match="Sin"):
+        blackbox.explain(model, x, "grad_cam", target=0)
+    exp = blackbox.explain(model, x, "score_cam", target=0)
+    activations = model.activations(x[None], ["wave"])["wave"][0]
+    assert exp.extras["layer"] == "wave" and exp.attributions.shape == activations.shape[1:]
+    assert np.isfinite(exp.heatmap).all()
+
+
+def test_unknown_layer_names_are_one_line_errors():
+    model = blackbox.load(sine_classifier(), device="cpu")
+    with pytest.raises(ParameterError, match="no tensor named 'nope'"):
+        model.activations(np.zeros((1, 3, 12, 12), np.float32), ["nope"])
+
+
+def test_with_graph_keeps_every_choice_and_reads_the_new_weights():
+    model = blackbox.load(sine_classifier(), device="cpu", labels=["a", "b", "c", "d"], output_kind="logits")
+    changed = onnx.ModelProto()
+    changed.CopyFrom(model.proto)
+    fc = next(i for i in changed.graph.initializer if i.name == "fc")
+    fc.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(fc), "fc"))
+    derived = model.with_graph(changed)
+    assert derived.labels.names == model.labels.names and derived.preprocess == model.preprocess
+    assert derived.output_kind == "logits" and derived.image == model.image and derived.path is None
+    x = np.random.default_rng(2).normal(size=(2, 3, 12, 12)).astype(np.float32)
+    np.testing.assert_allclose(derived.scores(x, score="raw"), -model.scores(x, score="raw"), rtol=1e-5, atol=1e-5)
+
+
+def test_int8_model_layers_come_from_the_dequantized_float_view():
+    model = blackbox.load(real("models", "mobilenetv2-12-int8.onnx"), preprocess="imagenet", labels=IMAGENET_LABELS,
+                          device="cpu")
+    layers = model.layers()
+    maps = [layer for layer in layers if layer.spatial]
+    assert len(maps) > 20 and all(len(layer.shape) == 3 for layer in maps)
+    name = model.default_cam_layer()
+    sample = prepare(model, str(real("images", "tabby_cat.jpg")))
+    values = model.activations(sample.x[None], [name])[name]
+    assert values.dtype == np.float32 and values.shape[1:] == model.layer(name).shape
+    assert values.std() > 0  # real activations, not an empty tensor
+    assert "int8" in " ".join(model.precision_notes)
+
+
+def test_discover_layers_is_pure():
+    proto = sine_classifier()
+    before = proto.SerializeToString()
+    discover_layers(proto)
+    with_taps(proto, ["wave"])
+    assert proto.SerializeToString() == before
