@@ -32,6 +32,24 @@ def resolve_target(model: Model, target: int | str | None, x: np.ndarray) -> int
     raise TargetError(f"target {target!r} is not a class index or label")
 
 
+FLAT_MAP_NOTE = "the map is "  # how the notes below begin (the CLI shows them as warnings)
+
+
+def flat_map_notes(heatmap: np.ndarray) -> list[str]:
+    """A note when the map says nothing: all zero or one constant value (every method, one place)."""
+    values = np.asarray(heatmap, dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return []  # NaN maps are the numerical checks' business
+    if not finite.any():
+        return ["the map is all zero: the score did not respond to this method's changes (a saturated or tied "
+                "class, or a dead layer); try another method, score='logit' or another target"]
+    if np.ptp(finite) <= 1e-12 * max(1.0, float(np.abs(finite).max())):
+        return [f"the map is constant ({float(finite[0]):.4g} everywhere): it ranks no pixel above another; try "
+                "another method, score='logit' or another target"]
+    return []
+
+
 def explain(model: Model, x: Any, method: str = "occlusion", *, target: int | str | None = None,
             score: str | None = None, seed: int | None = 0, progress: bool = False, **params: Any) -> Explanation:
     """Explain the model's score for ``target`` on ``x`` with ``method``.
@@ -44,11 +62,11 @@ def explain(model: Model, x: Any, method: str = "occlusion", *, target: int | st
     if method not in METHODS:
         raise ParameterError(f"unknown method {method!r}; available: {', '.join(sorted(METHODS))}")
     spec = METHODS[method]
-    spec.check_params(params)
     score = score or spec.default_score
     if score not in SCORE_SPACES:
         raise ParameterError(f"unknown score {score!r}: use one of {', '.join(SCORE_SPACES)}")
     sample = prepare(model, x)
+    spec.check_params(params, shape=sample.x.shape, layout=model.layout)
     index = resolve_target(model, target, sample.x)
     ctx = Context(model=model, sample=sample, target=index, score=score, seed=seed, progress=progress)
     start = time.perf_counter()
@@ -65,5 +83,5 @@ def explain(model: Model, x: Any, method: str = "occlusion", *, target: int | st
     return Explanation(method=method, target=index, label=model.label(index), target_score=ctx.target_score(),
                        score=score, attributions=np.asarray(attributions), heatmap=heatmap,
                        model_heatmap=model_heatmap, image=picture, params=used, n_evals=int(result.n_evals),
-                       seconds=seconds, source=sample.source, notes=list(result.notes), extras=result.extras,
-                       seen=seen)
+                       seconds=seconds, source=sample.source, notes=list(result.notes) + flat_map_notes(model_heatmap),
+                       extras=result.extras, seen=seen)

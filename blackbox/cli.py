@@ -1,23 +1,104 @@
-"""The ``blackbox`` command line: info, predict, explain.
+"""The ``blackbox`` command line: info, predict, explain, report, methods.
 
-User mistakes (BlackboxError) print one line and exit 2; outputs are written only when an item
-succeeded, each file atomically.
+User mistakes (BlackboxError, and argparse's own complaints) print one line and exit 2; outputs are
+written only when an item succeeded, each file atomically. Everything shown to a person goes through
+:func:`blackbox.text.printable`, so escapes in labels or file names never reach the terminal raw.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
+import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 import numpy as np
 
-from .errors import BlackboxError, ParameterError
+from .errors import BlackboxError, ImageError, ParameterError
+from .text import printable
 
 EXIT_USER_ERROR = 2
+_warnings: list[str] = []  # shown once the command has done its work (an error line stays the only line)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: a bad choice or a missing argument is a user error like any other,
+    not a usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"blackbox: error: {printable(message)} (see '{self.prog} --help')", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+
+
+def _whole_number(minimum: int):
+    """argparse type: a whole number >= ``minimum`` (batch sizes and top-k from 1, seeds from 0)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} must be at least {minimum}")
+        return value
+
+    return parse
+
+
+_positive_int = _whole_number(1)
+_seed = _whole_number(0)  # NumPy seeds cannot be negative
+
+
+def _non_negative_float(text: str) -> float:
+    """argparse type: a finite number >= 0 (tolerances)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number >= 0")
+    return value
+
+
+def _warn(text: str) -> None:
+    _warnings.append(text)
+
+
+def _check_out(folder: str) -> None:
+    """The output folder can be made and written, checked before any work: an existing file,
+    /dev/null or a read-only place is refused now rather than after minutes of work."""
+    path = Path(folder)
+    if path.exists() and not path.is_dir():
+        raise ParameterError(f"--out {folder} exists and is not a folder; pass a folder name for the outputs")
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ParameterError(f"--out {folder}: {probe} is not a folder, so the output folder cannot be made there")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as error:
+        raise ParameterError(f"--out {folder}: cannot write in {probe} ({error.strerror or error}); "
+                             f"pass a folder you can write to") from None
+
+
+def _check_images(paths: Sequence[str]) -> None:
+    """Each image is a readable regular file, checked before the model is loaded."""
+    for path in paths:
+        item = Path(path)
+        if item.is_dir():
+            raise ImageError(f"{path} is a folder; pass image files (or use 'blackbox report' for folders)")
+        if not item.exists():
+            raise ImageError(f"image file not found: {path}")
+        if not item.is_file():
+            raise ImageError(f"{path} is not a regular file; pass image files")
 
 
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,12 +112,12 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-kind", choices=["logits", "probabilities", "log_probabilities"],
                         help="what the output holds (default: detected on a probe)")
     parser.add_argument("--layout", choices=["NCHW", "NHWC", "NHW"], help="input layout when it cannot be detected")
-    parser.add_argument("--batch-size", type=int, help="samples per ONNX Runtime call (default: from a memory budget)")
+    parser.add_argument("--batch-size", type=_positive_int, help="samples per ONNX Runtime call (default: from a memory budget)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="blackbox", description="Explain the decisions of any ONNX image classifier.")
+    parser = Parser(prog="blackbox", description="Explain the decisions of any ONNX image classifier.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     info = sub.add_parser("info", help="describe a model: input, output, batch, provider, preprocessing, ops")
@@ -45,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict = sub.add_parser("predict", help="top-k classes for images")
     _model_arguments(predict)
     predict.add_argument("images", nargs="+", help="image files")
-    predict.add_argument("--top", type=int, default=5, help="how many classes to show (default 5)")
+    predict.add_argument("--top", type=_positive_int, default=5, help="how many classes to show (default 5)")
 
     explain = sub.add_parser("explain", help="explain the model's decision on images; writes overlay PNG and NPZ")
     _model_arguments(explain)
@@ -56,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                                                  "(default: the method's own)")
     explain.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                          help="method parameter, repeatable; values are JSON (e.g. window=16, stride=[8,8])")
-    explain.add_argument("--seed", type=int, default=0, help="seed for every random choice (default 0)")
+    explain.add_argument("--seed", type=_seed, default=0, help="seed for every random choice (default 0)")
     explain.add_argument("--out", default="blackbox-out", help="output folder (default blackbox-out)")
     explain.add_argument("--colormap", help="colour map for the overlay (default jet; diverging for signed maps)")
 
@@ -83,7 +164,7 @@ def _report_arguments(sub) -> None:
                                          "a target column in --targets-csv wins)")
     report.add_argument("--score", choices=["probability", "logit", "raw"],
                         help="score to explain (default: each method's own)")
-    report.add_argument("--seed", type=int, default=0, help="seed for every random choice (default 0)")
+    report.add_argument("--seed", type=_seed, default=0, help="seed for every random choice (default 0)")
     report.add_argument("--param", action="append", default=[], metavar="METHOD.KEY=VALUE",
                         help="method parameter, repeatable; values are JSON (e.g. rise.n_masks=2000)")
     report.add_argument("--metrics", help="comma-separated: deletion, insertion, pointing, sanity (default "
@@ -92,13 +173,13 @@ def _report_arguments(sub) -> None:
                                               "(a truth box in picture pixels) and mask (a truth mask file)")
     report.add_argument("--resume", action="store_true",
                         help="skip items already finished with the same settings (after an interruption)")
-    report.add_argument("--top", type=int, default=5, help="top-k predictions to record (default 5)")
-    report.add_argument("--step", type=int, help="pixels per deletion/insertion step (default H*W/224)")
-    report.add_argument("--tolerance", type=float, default=15.0,
+    report.add_argument("--top", type=_positive_int, default=5, help="top-k predictions to record (default 5)")
+    report.add_argument("--step", type=_positive_int, help="pixels per deletion/insertion step (default H*W/224)")
+    report.add_argument("--tolerance", type=_non_negative_float, default=15.0,
                         help="pointing game tolerance in model-input pixels (default 15)")
     report.add_argument("--sanity-mode", choices=["cascading", "independent"], default="cascading",
                         help="parameter randomisation mode for --metrics sanity (default cascading)")
-    report.add_argument("--sanity-layers", type=int, default=5,
+    report.add_argument("--sanity-layers", type=_positive_int, default=5,
                         help="how many layers (from the output) to randomise for --metrics sanity (default 5)")
     report.add_argument("--colormap", help="colour map for the overlays (default jet; diverging for signed maps)")
 
@@ -106,26 +187,31 @@ def _report_arguments(sub) -> None:
 def _load(args: argparse.Namespace):
     from .model import load
 
-    return load(args.model, preprocess=args.preset, labels=args.labels, device=args.device,
-                input_name=args.input_name, output_name=args.output_name, output_kind=args.output_kind,
-                layout=args.layout, batch_size=args.batch_size)
+    model = load(args.model, preprocess=args.preset, labels=args.labels, device=args.device,
+                 input_name=args.input_name, output_name=args.output_name, output_kind=args.output_kind,
+                 layout=args.layout, batch_size=args.batch_size)
+    if model.preprocess_guessed:
+        _warn("no --preset given and the model has no preprocessing metadata; assuming pixels/255 (exact "
+              "resize). Pass --preset imagenet, caffe, mnist, mnist-normalized, cifar, none or raw")
+    return model
 
 
 def _parse_params(items: Sequence[str]) -> dict[str, Any]:
+    from .methods.base import parse_value
+
     params: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ParameterError(f"--param {item!r} must look like KEY=VALUE")
-        try:
-            params[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            params[key.strip()] = value
+        params[key.strip()] = parse_value(value, item)
     return params
 
 
 def _print(args: argparse.Namespace, data: Any, text: str) -> None:
-    print(json.dumps(data, indent=2) if args.json else text)
+    """JSON keeps every value as it is (json.dumps escapes control characters itself); text is for a
+    terminal, so each line is made printable."""
+    print(json.dumps(data, indent=2) if args.json else "\n".join(printable(line) for line in text.split("\n")))
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -149,8 +235,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .inputs import prepare
 
-    if args.top < 1:
-        raise ParameterError("--top must be at least 1")
+    _check_images(args.images)
     model = _load(args)
     samples = [prepare(model, path) for path in args.images]
     probs = model.scores(np.stack([s.x for s in samples]), score="probability")
@@ -166,24 +251,30 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from .api import explain
+    from .api import FLAT_MAP_NOTE, explain
     from .methods import METHODS
 
     if args.method not in METHODS:
         raise ParameterError(f"unknown method {args.method!r}; available: {', '.join(sorted(METHODS))}")
     params = _parse_params(args.param)
     METHODS[args.method].check_params(params)
+    _check_images(args.images)  # fail on a bad image or output folder before any work or output
+    _check_out(args.out)
+    stems = [f"{Path(path).stem}_{args.method}" for path in args.images]
+    if len(set(stems)) < len(stems):
+        twice = sorted({s for s in stems if stems.count(s) > 1})[0]
+        raise ParameterError(f"two images would both be written as {twice}.png in --out; explain them in "
+                             f"separate runs or rename one")
     model = _load(args)
-    for path in args.images:  # fail on a bad image before any work or output
-        if not Path(path).is_file():
-            raise BlackboxError(f"image file not found: {path}")
     explanations = [explain(model, path, args.method, target=args.target, score=args.score, seed=args.seed,
                             progress=sys.stderr.isatty(), **params) for path in args.images]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     summaries, text = [], []
-    for path, exp in zip(args.images, explanations):
-        stem = f"{Path(path).stem}_{args.method}"
+    for path, stem, exp in zip(args.images, stems, explanations):
+        for note in exp.notes:
+            if note.startswith(FLAT_MAP_NOTE):
+                _warn(f"{path}: {note}")
         png = exp.save_overlay(out / f"{stem}.png", colormap=args.colormap)
         npz = exp.save_npz(out / f"{stem}.npz")
         summary = {**exp.summary(), "overlay": str(png), "npz": str(npz)}
@@ -213,10 +304,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     methods = parse_methods(args.methods)
     params = parse_method_params(args.param, methods)
     metrics = parse_metrics(args.metrics)
-    if args.top < 1:
-        raise ParameterError("--top must be at least 1")
-    if args.sanity_layers is not None and args.sanity_layers < 1:
-        raise ParameterError("--sanity-layers must be at least 1")
+    _check_out(args.out)
     entries = expand_inputs(args.inputs)
     if not entries:
         raise ParameterError("no input images: give image files, folders, globs or a .txt list")
@@ -266,18 +354,30 @@ def _report_command(args: argparse.Namespace, methods: Sequence[str]) -> list[st
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; a user error is one ``blackbox: error:`` line and exit 2, warnings follow the
+    work (``blackbox: warning:`` lines) and leave the exit code alone."""
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {"info": cmd_info, "predict": cmd_predict, "explain": cmd_explain, "methods": cmd_methods,
                 "report": cmd_report}
+    _warnings.clear()
     try:
-        return handlers[args.command](args)
+        code = handlers[args.command](args)
     except BlackboxError as error:
-        print(f"blackbox: error: {error}", file=sys.stderr)
+        print(f"blackbox: error: {printable(str(error))}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except MemoryError:
+        print("blackbox: error: out of memory; pass a smaller --batch-size or lower the method's counts "
+              "(--param)", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("blackbox: interrupted", file=sys.stderr)
         return 130
+    finally:
+        pending, _warnings[:] = list(_warnings), []
+    for text in dict.fromkeys(pending):
+        print(f"blackbox: warning: {printable(text)}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -28,10 +28,17 @@ class Labels:
         return len(self.names)
 
     def index_of(self, text: str) -> int:
-        wanted = text.strip().lower()
-        for i, options in enumerate(self.aliases):
-            if wanted in (o.lower() for o in options):
-                return i
+        """The class a name (or synonym, or synset id) names: an exact match first, else a case-insensitive
+        one. A name two classes share is refused rather than resolved to the first (ImageNet has two
+        'crane's), listing the candidates."""
+        wanted = text.strip()
+        for same in (lambda a: a == wanted, lambda a: a.lower() == wanted.lower()):
+            found = [i for i, options in enumerate(self.aliases) if any(same(o) for o in options)]
+            if len(found) == 1:
+                return found[0]
+            if found:
+                shown = ", ".join(str(i) for i in found[:-1]) + f" and {found[-1]}"
+                raise TargetError(f"{text!r} names classes {shown}; pass the index")
         close = difflib.get_close_matches(text, list(self.names), n=3, cutoff=0.6)
         hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
         raise TargetError(f"unknown label {text!r}{hint}; pass a class index or one of the model's labels")

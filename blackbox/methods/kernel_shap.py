@@ -23,7 +23,7 @@ import numpy as np
 from ..baselines import make_baseline
 from ..errors import ParameterError
 from ..segmentation import superpixels
-from .base import Context, Result, register
+from .base import Context, Param, Result, register
 
 
 def shapley_kernel(n_features: int, size: int) -> float:
@@ -148,7 +148,8 @@ def kernel_shap_values(value_fn: Callable[[np.ndarray], np.ndarray], n_features:
 
 
 @register("kernel_shap", default_score="probability", kind="perturbation",
-          summary="Shapley values of superpixels by kernel-weighted regression (shap.KernelExplainer semantics)")
+          summary="Shapley values of superpixels by kernel-weighted regression (shap.KernelExplainer semantics)",
+          params={"n_samples": Param(min=1)}, evaluations=lambda p: p["n_samples"] + 2)
 def kernel_shap(ctx: Context, *, n_samples: int = 1000, segmentation="slic", segmentation_params=None,
                 baseline="mean") -> Result:
     """``n_samples``: coalitions to evaluate, default 1000 (two more evaluations give f(x) and

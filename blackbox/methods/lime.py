@@ -19,7 +19,7 @@ import numpy as np
 from ..baselines import colour, make_baseline
 from ..errors import ParameterError
 from ..segmentation import segment_means, superpixels
-from .base import Context, Result, register
+from .base import Context, Param, Result, register
 
 FEATURE_SELECTIONS = ("auto", "none", "forward_selection", "highest_weights", "lasso_path")
 
@@ -129,7 +129,10 @@ def hidden_picture(ctx: Context, hide_color, segments: np.ndarray) -> np.ndarray
 
 
 @register("lime", default_score="probability", kind="perturbation",
-          summary="superpixels on/off at random; weighted Ridge surrogate (lime_image semantics)")
+          summary="superpixels on/off at random; weighted Ridge surrogate (lime_image semantics)",
+          params={"num_samples": Param(min=2), "kernel_width": Param(min=0, open_min=True),
+                  "num_features": Param(min=1), "feature_selection": Param(choices=FEATURE_SELECTIONS)},
+          evaluations=lambda p: p["num_samples"])
 def lime(ctx: Context, *, num_samples: int = 1000, segmentation="quickshift", segmentation_params=None,
          hide_color=None, kernel_width: float = 0.25, num_features: int = 100000, feature_selection: str = "auto",
          distance_metric: str = "cosine") -> Result:

@@ -18,11 +18,13 @@ import numpy as np
 from ..baselines import make_baseline
 from ..errors import ParameterError
 from ..masks import block_matrix
-from .base import Context, Result, register
+from .base import Context, Param, Result, register
 
 
-def _triple(value, name: str, channels: int, default_hw: tuple[int, int]) -> tuple[int, int, int]:
-    """Accept an int (square window over all channels), (h, w) or (c, h, w) like Captum."""
+def _triple(value, name: str, channels: int, default_hw: tuple[int, int], layout: str = "NCHW") -> tuple[int, int, int]:
+    """An int (square window over all channels), (h, w), or a 3-tuple in the layout of the attributions
+    ((c, h, w) for NCHW models, (h, w, c) for NHWC, as Captum reads it in the input's own layout);
+    returned in the internal order (c, h, w)."""
     if value is None:
         return channels, default_hw[0], default_hw[1]
     if isinstance(value, (int, np.integer)):
@@ -30,9 +32,41 @@ def _triple(value, name: str, channels: int, default_hw: tuple[int, int]) -> tup
     values = tuple(int(v) for v in value)
     if len(values) == 2:
         return (channels,) + values
-    if len(values) == 3:
+    if len(values) == 3 and layout == "NHWC":
+        return values[2], values[0], values[1]
+    if len(values) == 3 and layout != "NHW":
         return values
-    raise ParameterError(f"{name} must be an int, (height, width) or (channels, height, width); got {value!r}")
+    order = "(height, width)" if layout == "NHW" else \
+        "(height, width, channels)" if layout == "NHWC" else "(channels, height, width)"
+    raise ParameterError(f"{name} must be an int, (height, width) or {order} for this {layout} model; got {value!r}")
+
+
+def _geometry(window, stride, shape: tuple[int, int, int], layout: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Window and stride in the internal order (c, h, w), defaults filled in."""
+    channels, height, width = shape
+    default = (max(1, round(height / 8)), max(1, round(width / 8)))
+    win = _triple(window, "window", channels, default, layout)
+    if stride is None:
+        return win, (win[0], max(1, win[1] // 2), max(1, win[2] // 2))
+    return win, _triple(stride, "stride", win[0], (1, 1), layout)
+
+
+def _memory(params: dict, shape: tuple[int, int, int], layout: str) -> int:
+    """Bytes of the window masks (float32, and a float64 copy in the aggregation)."""
+    win, step = _geometry(params["window"], params["stride"], shape, layout)
+    if any(w < 1 or w > size or s < 1 for w, s, size in zip(win, step, shape)):
+        return 0  # the method itself says what is wrong
+    cells = [math.gcd(w, s) if w != size else w for w, s, size in zip(win, step, shape)]
+    count = math.prod(positions(size, w, s) for size, w, s in zip(shape, win, step))
+    grid = math.prod(math.ceil(size / c) for size, c in zip(shape[1:], cells[1:]))
+    mask_channels = 1 if cells[0] == shape[0] else shape[0]
+    return count * mask_channels * grid * 12
+
+
+def _in_layout(values: tuple[int, int, int], layout: str) -> list[int]:
+    """(c, h, w) -> the order of the attributions."""
+    c, h, w = values
+    return [h, w, c] if layout == "NHWC" else [h, w] if layout == "NHW" else [c, h, w]
 
 
 def positions(size: int, window: int, stride: int) -> int:
@@ -52,22 +86,22 @@ def window_cells(size: int, window: int, stride: int, cell: int) -> np.ndarray:
 
 
 @register("occlusion", default_score="logit", kind="perturbation",
-          summary="slide a window over the image; score drop when it is hidden (Captum semantics)")
+          summary="slide a window over the image; score drop when it is hidden (Captum semantics)",
+          params={"window": Param(int, min=1, lengths=(2, 3), optional=True),
+                  "stride": Param(int, min=1, lengths=(2, 3), optional=True)},
+          memory=_memory)
 def occlusion(ctx: Context, *, window=None, stride=None, baseline="mean") -> Result:
-    """``window``/``stride``: int, (h, w) or (c, h, w) like Captum's ``sliding_window_shapes``/``strides``.
-    Default window 1/8 of the image side, stride half a window. ``baseline``: a number (model space, as
+    """``window``/``stride``: int, (h, w), or a 3-tuple in the layout of ``attributions`` — (c, h, w) for
+    NCHW models, (h, w, c) for NHWC — like Captum's ``sliding_window_shapes``/``strides``, which follow
+    the input's own layout. ``extras`` report them in that layout too. Default window 1/8 of the image side, stride half a window. ``baseline``: a number (model space, as
     Captum), 'zeros', 'mean', 'blur', 'black', 'white', 'gray', an (r, g, b) colour or an array. Default
     'mean' (the image's mean colour): Captum's 0 means black for models fed 0..1 pixels, an unnatural
     patch that can itself raise a score; pass ``baseline=0`` to match Captum exactly.
     Default score: logit (hiding a patch rarely moves a saturated probability; for logit models this is
     the raw output Captum explains)."""
     channels, height, width = ctx.shape
-    default = (max(1, round(height / 8)), max(1, round(width / 8)))
-    win = _triple(window, "window", channels, default)
-    if stride is None:
-        step = (win[0], max(1, win[1] // 2), max(1, win[2] // 2))
-    else:
-        step = _triple(stride, "stride", win[0], (1, 1))
+    layout = ctx.model.layout
+    win, step = _geometry(window, stride, ctx.shape, layout)
     for axis, (w, s, size) in enumerate(zip(win, step, (channels, height, width))):
         label = ("channels", "height", "width")[axis]
         if w < 1 or w > size:
@@ -101,4 +135,4 @@ def occlusion(ctx: Context, *, window=None, stride=None, baseline="mean") -> Res
     if attributions.shape[0] != channels:
         attributions = np.broadcast_to(attributions, (channels, height, width)).copy()
     return Result(attributions=attributions, heatmap=attributions.sum(axis=0), n_evals=len(masks) + 1,
-                  extras={"window": list(win), "stride": list(step)})
+                  extras={"window": _in_layout(win, layout), "stride": _in_layout(step, layout)})

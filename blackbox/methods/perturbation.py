@@ -28,13 +28,18 @@ from ..baselines import blur
 from ..errors import ParameterError
 from ..masks import linear_matrix
 from ..optim import DIRECTIONS, Adam, estimate_gradient
-from .base import Context, Result, register
+from .base import Context, Param, Result, register
 
 MODES = ("preserve", "delete")
 _TIE_BREAK = 1e-3
 
 
 # --------------------------------------------------------------------------- validation
+
+def _count(areas) -> int:
+    """How many areas ``areas`` names (a number or a list), for the evaluation budget."""
+    return len(areas) if isinstance(areas, (list, tuple, np.ndarray)) else 1
+
 
 def _grid(mask_size, height: int, width: int) -> tuple[int, int]:
     """mask_size: an int (square grid) or (h, w); each side between 2 and the input side."""
@@ -201,7 +206,13 @@ def _heatmap_result(heatmap: np.ndarray, channels: int, n_evals: int, extras: di
 
 @register("meaningful_perturbation", default_score="probability", kind="perturbation",
           summary="optimise a smooth blur mask: the smallest region that keeps (or deletes) the score "
-                  "(Fong & Vedaldi 2017)")
+                  "(Fong & Vedaldi 2017)",
+          params={"mode": Param(choices=MODES), "l1": Param(min=0), "tv": Param(min=0), "tv_beta": Param(min=1),
+                  "init": Param(min=0, max=1), "mask_size": Param(int, min=2, lengths=(2,)), "steps": Param(min=1),
+                  "lr": Param(min=0, open_min=True), "n_directions": Param(min=1),
+                  "eps": Param(min=0, max=0.5, open_min=True), "blur_sigma": Param(min=0, open_min=True),
+                  "directions": Param(choices=DIRECTIONS), "direction_sigma": Param(min=0, open_min=True)},
+          evaluations=lambda p: 2 * p["n_directions"] * p["steps"] + 3)
 def meaningful_perturbation(ctx: Context, *, mode: str = "preserve", mask_size=28, steps: int = 150,
                             lr: float = 0.1, l1: float | None = None, tv: float = 10.0, tv_beta: float = 3.0,
                             n_directions: int = 32, eps: float = 0.05, blur_sigma: float | None = None,
@@ -288,7 +299,13 @@ def meaningful_perturbation(ctx: Context, *, mode: str = "preserve", mask_size=2
 # --------------------------------------------------------------------------- extremal perturbation
 
 @register("extremal_perturbation", default_score="probability", kind="perturbation",
-          summary="best smooth mask of each fixed area, by an area rank penalty (Fong, Patrick & Vedaldi 2019)")
+          summary="best smooth mask of each fixed area, by an area rank penalty (Fong, Patrick & Vedaldi 2019)",
+          params={"variant": Param(choices=MODES), "smooth": Param(min=0), "area_weight": Param(min=0, open_min=True),
+                  "area_growth": Param(min=1), "mask_size": Param(int, min=2, lengths=(2,)), "steps": Param(min=1),
+                  "lr": Param(min=0, open_min=True), "n_directions": Param(min=1),
+                  "eps": Param(min=0, max=0.5, open_min=True), "blur_sigma": Param(min=0, open_min=True),
+                  "directions": Param(choices=DIRECTIONS), "direction_sigma": Param(min=0, open_min=True)},
+          evaluations=lambda p: (2 * p["n_directions"] * p["steps"] + 1) * _count(p["areas"]) + 2)
 def extremal_perturbation(ctx: Context, *, areas: Sequence[float] = (0.05, 0.1, 0.2), variant: str = "preserve",
                           mask_size=16, smooth: float = 0.5, steps: int = 100, lr: float = 0.1,
                           area_weight: float = 0.3, area_growth: float = 1000.0, n_directions: int = 16,

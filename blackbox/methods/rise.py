@@ -22,7 +22,7 @@ import numpy as np
 from ..baselines import make_baseline
 from ..errors import ParameterError
 from ..masks import reflect_linear_matrix, uniform_points
-from .base import Context, Result, register
+from .base import Context, Param, Result, register
 
 
 def _pair(value, name: str) -> tuple[int, int]:
@@ -68,7 +68,12 @@ def draw_masks(rng: np.random.Generator, n: int, grid: tuple[int, int], p_keep: 
 
 
 @register("rise", default_score="probability", kind="perturbation",
-          summary="random grid masks, saliency = probability-weighted mean mask (Petsiuk et al. 2018)")
+          summary="random grid masks, saliency = probability-weighted mean mask (Petsiuk et al. 2018)",
+          params={"n_masks": Param(min=1), "grid": Param(int, min=2, lengths=(2,)),
+                  "p_keep": Param(min=0, max=1, open_min=True, open_max=True)},
+          evaluations=lambda p: p["n_masks"],
+          memory=lambda p, shape, layout: p["n_masks"] * (math.prod(p["grid"]) if isinstance(p["grid"], (list, tuple))
+                                                          else p["grid"] ** 2) * 13)
 def rise(ctx: Context, *, n_masks: int = 4000, grid=7, p_keep: float = 0.5, baseline="zeros",
          quasi_random: bool = False) -> Result:
     """``n_masks``: number of masks (= model evaluations), default 4000. ``grid``: cells per side ``s``
