@@ -24,7 +24,7 @@ import numpy as np
 
 from ..baselines import make_baseline
 from ..errors import ParameterError
-from .base import Context, Result, register
+from .base import Context, Param, Result, register
 
 IG_METHODS = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")
 SMOOTHGRAD_VARIANTS = ("smoothgrad", "smoothgrad_sq", "vargrad")
@@ -121,7 +121,10 @@ def gradient_x_input(ctx: Context) -> Result:
 
 
 @register("integrated_gradients", default_score="logit", kind="gradient",
-          summary="path integral of gradients from a baseline (Sundararajan et al. 2017; Captum IntegratedGradients)")
+          summary="path integral of gradients from a baseline (Sundararajan et al. 2017; Captum IntegratedGradients)",
+          params={"n_steps": Param(min=1), "integration": Param(choices=IG_METHODS)},
+          evaluations=lambda p: p["n_steps"],
+          memory=lambda p, shape, layout: p["n_steps"] * int(np.prod(shape)) * 16)  # path, grads, float64 grads
 def integrated_gradients(ctx: Context, *, n_steps: int = 50, integration: str = "gausslegendre",
                          baseline=0.0) -> Result:
     """``(x - baseline) * sum_i w_i grad(baseline + a_i (x - baseline))`` with Captum's quadrature.
@@ -150,7 +153,11 @@ def integrated_gradients(ctx: Context, *, n_steps: int = 50, integration: str = 
 
 
 @register("smoothgrad", default_score="logit", kind="gradient",
-          summary="saliency averaged over noisy copies of the input (Smilkov et al. 2017; Captum NoiseTunnel)")
+          summary="saliency averaged over noisy copies of the input (Smilkov et al. 2017; Captum NoiseTunnel)",
+          params={"n_samples": Param(min=1), "noise": Param(min=0), "noise_level": Param(min=0),
+                  "variant": Param(choices=SMOOTHGRAD_VARIANTS)},
+          evaluations=lambda p: p["n_samples"],
+          memory=lambda p, shape, layout: p["n_samples"] * int(np.prod(shape)) * 32)  # noise, grads, float64 copies
 def smoothgrad(ctx: Context, *, n_samples: int = 50, noise: float | None = None, noise_level: float = 0.15,
                variant: str = "smoothgrad", abs: bool = True) -> Result:  # noqa: A002 - Captum's name
     """Saliency on ``n_samples`` copies of x with Gaussian noise, combined like Captum's NoiseTunnel.

@@ -17,11 +17,13 @@ import numpy as np
 
 from ..errors import ParameterError
 from ..graph.autodiff.rules.lrp import LRP_RULES, lrp_rules
-from .base import Context, Result, register
+from .base import Context, Param, Result, register
 
 
 @register("lrp", default_score="raw", kind="gradient",
-          summary="layer-wise relevance propagation (epsilon or alpha-beta rule); relevance sums to the score")
+          summary="layer-wise relevance propagation (epsilon or alpha-beta rule); relevance sums to the score",
+          params={"rule": Param(choices=LRP_RULES), "epsilon": Param(min=0), "alpha": Param(min=0),
+                  "beta": Param(min=0)})
 def lrp(ctx: Context, *, rule: str = "epsilon", epsilon: float = 1e-6, alpha: float = 1.0,
         beta: float = 0.0) -> Result:
     """``rule``: ``"epsilon"`` (default; every linear op, pooling, BatchNormalization and Add
