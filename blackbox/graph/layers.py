@@ -8,8 +8,8 @@ to be tapped. Shapes come from ONNX shape inference with the batch fixed to 1, s
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
 
 import onnx
 from onnx import TensorProto, helper
@@ -108,3 +108,71 @@ def with_taps(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
             tapped.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
             present.add(name)
     return tapped
+
+
+# ------------------------------------------------------------------ weight-bearing layers
+
+_WEIGHTS = {"Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "BatchNormalization": (1, 2),
+            "QLinearConv": (3, 8)}
+
+
+@dataclass(frozen=True)
+class WeightLayer:
+    """A weight-bearing node and the initializers that hold its parameters."""
+
+    name: str
+    op_type: str
+    tensors: tuple[str, ...]
+    quantized: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"tensors": list(self.tensors)}
+
+
+def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    return {out: node for node in graph.node for out in node.output}
+
+
+def _weight_source(name: str, inits: dict[str, onnx.TensorProto],
+                   producers: dict[str, onnx.NodeProto]) -> tuple[str, bool] | None:
+    """The initializer behind a weight input: itself, or the quantized tensor a DequantizeLinear (QDQ
+    models) reads. Returns (initializer name, quantized) or None (computed, not a parameter)."""
+    if name in inits:
+        return name, inits[name].data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+    node = producers.get(name)
+    if node is not None and node.op_type == "DequantizeLinear" and node.input and node.input[0] in inits:
+        return node.input[0], True
+    return None
+
+
+def weight_layers(proto: onnx.ModelProto) -> list[WeightLayer]:
+    """Weight-bearing layers, ordered from the output to the input (reverse topological order): Conv,
+    ConvTranspose, Gemm and MatMul with a constant operand, BatchNormalization (scale, bias), and the
+    int8 weights of QLinearConv / QLinearMatMul and of QDQ (DequantizeLinear -> Conv/Gemm/MatMul) graphs.
+    Biases are randomised with their layer."""
+    graph = proto.graph
+    inits = {t.name: t for t in graph.initializer}
+    producers = _producers(graph)
+    layers: list[WeightLayer] = []
+    seen: set[str] = set()
+    for i, node in enumerate(graph.node):
+        if node.op_type in _WEIGHTS:
+            slots = [s for s in _WEIGHTS[node.op_type] if s < len(node.input) and node.input[s]]
+        elif node.op_type == "MatMul":
+            slots = [0, 1]
+        elif node.op_type == "QLinearMatMul":
+            slots = [0, 3]
+        else:
+            continue
+        found = [_weight_source(node.input[s], inits, producers) for s in slots]
+        found = [f for f in found if f is not None and f[0] not in seen]
+        if not found or (node.op_type in ("MatMul", "QLinearMatMul") and len(found) == 2):
+            continue  # no parameter (or two constants: nothing learned that depends on the input)
+        if node.op_type in _WEIGHTS and node.op_type != "BatchNormalization":
+            if _weight_source(node.input[_WEIGHTS[node.op_type][0]], inits, producers) is None:
+                continue  # the weight itself is computed; a lone constant bias is not a layer
+        tensors = tuple(dict.fromkeys(f[0] for f in found))
+        seen.update(tensors)
+        layers.append(WeightLayer(name=node.name or f"{node.op_type}_{i}", op_type=node.op_type, tensors=tensors,
+                            quantized=any(f[1] for f in found) or node.op_type.startswith("QLinear")))
+    return layers[::-1]
