@@ -93,8 +93,8 @@ def window_cells(size: int, window: int, stride: int, cell: int) -> np.ndarray:
 def occlusion(ctx: Context, *, window=None, stride=None, baseline="mean") -> Result:
     """``window``/``stride``: int, (h, w), or a 3-tuple in the layout of ``attributions`` — (c, h, w) for
     NCHW models, (h, w, c) for NHWC — like Captum's ``sliding_window_shapes``/``strides``, which follow
-    the input's own layout. ``extras`` report them in that layout too. Default window 1/8 of the image side, stride half a window. ``baseline``: a number (model space, as
-    Captum), 'zeros', 'mean', 'blur', 'black', 'white', 'gray', an (r, g, b) colour or an array. Default
+    the input's own layout. ``extras`` report them in that layout too. Default window 1/8 of the image
+    side, stride half a window. ``baseline``: a number (model space, as Captum), 'zeros', 'mean', 'blur', 'black', 'white', 'gray', an (r, g, b) colour or an array. Default
     'mean' (the image's mean colour): Captum's 0 means black for models fed 0..1 pixels, an unnatural
     patch that can itself raise a score; pass ``baseline=0`` to match Captum exactly.
     Default score: logit (hiding a patch rarely moves a saturated probability; for logit models this is
