@@ -9,12 +9,12 @@ dequantized float copy (straight-through), and every explanation says so in its 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from . import runtime
-from .graph.autodiff import SEED_NAME, build_gradient_model
+from .graph.autodiff import PLAIN, SEED_NAME, RuleSet, build_gradient_model
 from .graph.compose import SCORES, X, forward_graph
 
 if TYPE_CHECKING:
@@ -44,23 +44,21 @@ class GradientEngine:
         return self.model.precision_notes
 
     # ------------------------------------------------------------------ running
-    def _runner(self, score: str, taps: tuple[str, ...], relu_mode: str,
-                rule_overrides: Mapping | None, overrides_key: str) -> runtime.Runner:
-        key = (score, taps, relu_mode, overrides_key)
+    def _runner(self, score: str, taps: tuple[str, ...], rules: RuleSet) -> runtime.Runner:
+        key = (score, taps, rules)  # a RuleSet is hashable and equal sets build equal graphs
         if key not in self._runners:
             image, output = self.model.float_specs()
             forward = forward_graph(self.model.float_graph(), image, output, dict(self.model.constants), score=score)
-            built = build_gradient_model(forward, input_name=X, score_name=SCORES, taps=taps,
-                                         relu_mode=relu_mode, rule_overrides=rule_overrides)
+            built = build_gradient_model(forward, input_name=X, score_name=SCORES, taps=taps, rules=rules)
             session = runtime.make_session(built.model, self.model.device)
             batch = max(1, self.model.batch_size() // 2) if self.model.batchable else 1
             self._runners[key] = runtime.Runner(session, self.model.device, batch, list(built.output_names))
         return self._runners[key]
 
     def run(self, x: np.ndarray, seed: np.ndarray, *, score: str, taps: Sequence[str] = (),
-            relu_mode: str = "plain", rule_overrides: Mapping | None = None, overrides_key: str = "",
-            progress=None) -> Gradients:
-        """Scores, input gradients and tap values/gradients for a batch ``x`` [N, C, H, W] and ``seed`` [N, K]."""
+            rules: RuleSet = PLAIN, progress=None) -> Gradients:
+        """Scores, input gradients and tap values/gradients for a batch ``x`` [N, C, H, W] and ``seed`` [N, K].
+        ``rules``: the backward pass's rule set (plain gradients, guided backprop, LRP, ...)."""
         x = np.asarray(x, dtype=np.float32)
         if x.ndim == 3:
             x = x[None]
@@ -68,7 +66,7 @@ class GradientEngine:
         if seed.ndim == 1:
             seed = np.broadcast_to(seed, (len(x), seed.shape[0]))
         taps = tuple(taps)
-        runner = self._runner(score, taps, relu_mode, rule_overrides, overrides_key)
+        runner = self._runner(score, taps, rules)
         outputs = runner.run({}, {X: x, SEED_NAME: np.ascontiguousarray(seed)}, progress=progress)
         scores, grad = outputs[0], outputs[1]
         runtime.check_finite(scores, "inputs")

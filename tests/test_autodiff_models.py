@@ -22,7 +22,7 @@ nn = torch.nn
 F = torch.nn.functional
 
 from blackbox.errors import UnsupportedOpError  # noqa: E402
-from blackbox.graph.autodiff import build_gradient_model, prepare  # noqa: E402
+from blackbox.graph.autodiff import RECTIFIER_RULESETS, build_gradient_model, prepare  # noqa: E402
 
 from torch_models import K, MODELS, exported  # noqa: E402
 
@@ -91,7 +91,7 @@ def _deconv(module, grad_in, grad_out):
 @pytest.mark.parametrize("mode,hook", [("guided", _guided), ("deconvnet", _deconv)])
 def test_guided_backprop_and_deconvnet_match_torch_hooks(mode, hook):
     net, x, model = exported("resnet", "torchscript")
-    gm = build_gradient_model(model, input_name="x", score_name="logits", relu_mode=mode)
+    gm = build_gradient_model(model, input_name="x", score_name="logits", rules=RECTIFIER_RULESETS[mode])
     seed = one_hot(TARGETS)
     grad = session(gm.model).run([gm.grad_name], {"x": x.numpy(), "seed": seed})[0]
     _, expected, _, _ = torch_grads(net, x, torch.tensor(seed), relu_hook=hook)

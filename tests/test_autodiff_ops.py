@@ -18,7 +18,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from blackbox.errors import UnsupportedOpError
-from blackbox.graph.autodiff import build_gradient_model
+from blackbox.graph.autodiff import PLAIN, RECTIFIER_RULESETS, build_gradient_model
 
 F32, F64 = TensorProto.FLOAT, TensorProto.DOUBLE
 NP = {F32: np.float32, F64: np.float64}
@@ -291,7 +291,7 @@ def test_relu_modes(op):
         "deconvnet": np.maximum(seed, 0),
     }
     for mode, expected in want.items():
-        gm = build_gradient_model(m, input_name="x", score_name="y", relu_mode=mode)
+        gm = build_gradient_model(m, input_name="x", score_name="y", rules=RECTIFIER_RULESETS[mode])
         grad = session(gm.model).run([gm.grad_name], {"x": x, gm.seed_name: seed})[0]
         np.testing.assert_array_equal(grad, expected, err_msg=mode)
 
@@ -552,7 +552,8 @@ def test_rule_override():
         return [grads[0]]
 
     m = make([N("Relu", ["x"], ["y"])], {"x": [1, 3]})
-    gm = build_gradient_model(m, input_name="x", score_name="y", rule_overrides={"Relu": relu_passthrough})
+    gm = build_gradient_model(m, input_name="x", score_name="y",
+                              rules=PLAIN.with_overrides("relu-passthrough", {"Relu": relu_passthrough}))
     x = np.array([[-1.0, 0.5, 2.0]], np.float32)
     grad = session(gm.model).run([gm.grad_name], {"x": x, "seed": np.ones([1, 3], np.float32)})[0]
     np.testing.assert_array_equal(grad, np.ones([1, 3]))

@@ -259,14 +259,14 @@ def test_max_pool_gradient_paths_match_torch(dynamic_spatial, mode):
     index; the tapped ReLU output gets its true gradient although its mask moved into the MaxPool rule."""
     import onnxruntime as ort
 
-    from blackbox.graph.autodiff import build_gradient_model
+    from blackbox.graph.autodiff import RECTIFIER_RULESETS, build_gradient_model
 
     net, x, model = _conv_relu_pool(dynamic_spatial)
     x[0, :, 2:6, 2:6] = 0.25  # plateaus: ties inside windows
     seed = np.random.default_rng(0).standard_normal((2, 2 * 5 * 4)).astype(np.float32)
     runs = {}
     for taps in ((), ("r",)):  # a tap on the ReLU output keeps the mask in the Relu rule
-        gm = build_gradient_model(model, input_name="x", score_name="y", taps=taps, relu_mode=mode)
+        gm = build_gradient_model(model, input_name="x", score_name="y", taps=taps, rules=RECTIFIER_RULESETS[mode])
         uses_indices = any(n.op_type == "MaxPool" and len(n.output) > 1 for n in gm.model.graph.node)
         assert uses_indices == dynamic_spatial
         sess = ort.InferenceSession(gm.model.SerializeToString(), providers=["CPUExecutionProvider"])

@@ -113,6 +113,55 @@ def all_inputs(node: onnx.NodeProto) -> list[str]:
     return ins + sorted(set(extra) - set(ins))
 
 
+class FreshNames:
+    """Names for new tensors and nodes that collide with nothing already in a graph (``prefix`` marks
+    which transform made them)."""
+
+    def __init__(self, graph: onnx.GraphProto, prefix: str):
+        self.prefix = prefix
+        self.used = {n for node in graph.node for n in (*node.input, *node.output)}
+        self.used.update(i.name for i in graph.input)
+        self.used.update(t.name for t in graph.initializer)
+        self._count = 0
+
+    def fresh(self, hint: str) -> str:
+        while True:
+            self._count += 1
+            name = f"{self.prefix}{hint}_{self._count}"
+            if name not in self.used:
+                self.used.add(name)
+                return name
+
+    def reserve(self, name: str) -> str:
+        """``name`` if nothing uses it yet, else a fresh variant; either way it is taken from now on."""
+        if name in self.used:
+            return self.fresh(name)
+        self.used.add(name)
+        return name
+
+
+class ConstantValues:
+    """Initializer values by name, converted to numpy once (None for anything that is not constant)."""
+
+    def __init__(self, graph: onnx.GraphProto):
+        self.tensors = {t.name: t for t in graph.initializer}
+        self._values: dict[str, np.ndarray] = {}
+
+    def __call__(self, name: str) -> np.ndarray | None:
+        if not name:
+            return None
+        if name not in self._values:
+            t = self.tensors.get(name)
+            if t is None:
+                return None
+            self._values[name] = numpy_helper.to_array(t)
+        return self._values[name]
+
+    def add(self, name: str, value: np.ndarray) -> None:
+        """Record the value of a new constant."""
+        self._values[name] = value
+
+
 def is_straight_through(node: onnx.NodeProto) -> bool:
     """Whether ``node`` carries :data:`STE_MARK` (its gradient is the identity)."""
     return STE_MARK in node.doc_string or node.name.startswith(STE_MARK)

@@ -18,16 +18,19 @@ Pure ONNX -> ONNX, no ONNX Runtime inside.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import onnx
 import onnx.inliner
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import ModelError
+from .autodiff.errors import AGNOSTIC_HINT
+from .onnx_utils import (DEFAULT_DOMAINS, STE_MARK, ConstantValues, FreshNames, default_opset, get_attr,
+                         value_types)
 
 _HALF = (TensorProto.FLOAT16, TensorProto.BFLOAT16)
-# doc_string (and name prefix) of Round nodes whose gradient is taken as the identity
-STE_MARK = "blackbox:straight-through"
 _MS = "com.microsoft"
 
 
@@ -108,46 +111,46 @@ _PASS_THROUGH = frozenset(
 )
 
 
+# (domain, op type) -> the _Dequantizer method that rewrites such a node (filled by @_handles)
+_HANDLERS: dict[tuple[str, str], Callable[..., None]] = {}
+
+
+def _handles(*op_types: str, domain: str = "") -> Callable:
+    """Register the decorated method as the rewrite of ``op_types`` in ``domain`` ("" = default)."""
+
+    def register(fn: Callable) -> Callable:
+        for op in op_types:
+            _HANDLERS[(domain, op)] = fn
+        return fn
+
+    return register
+
+
 class _Dequantizer:
+    """One pass over the graph in order: each node goes to its handler, which emits float nodes."""
+
     def __init__(self, model: onnx.ModelProto, rounding: str = "straight_through"):
         self.model = model
         self.rounding = rounding
         g = model.graph
-        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
-        self.inits = {t.name: t for t in g.initializer}
-        self.values: dict[str, np.ndarray] = {}
+        self.opset = default_opset(model)
+        self.const = ConstantValues(g)  # const(name): an initializer's array (new ones included), else None
         # quantized activation name -> (float name, scale, zero point, quantized numpy dtype)
         self.floated: dict[str, tuple[str, float, int, np.dtype]] = {}
         # integer accumulator (ConvInteger/MatMulInteger output) -> float tensor holding its value
         self.acc_float: dict[str, str] = {}
         self.nodes: list[onnx.NodeProto] = []
         self.new_inits: list[onnx.TensorProto] = []
-        self.used = {n for node in g.node for n in (*node.input, *node.output)}
-        self.used.update(self.inits)
-        self.count = 0
+        self.names = FreshNames(g, "dq/")
+        self._type_cache: dict[str, tuple[int, list | None]] | None = None
 
     # ------------------------------------------------------------------------------------ helpers
     def fresh(self, hint: str) -> str:
-        while True:
-            self.count += 1
-            name = f"dq/{hint}_{self.count}"
-            if name not in self.used:
-                self.used.add(name)
-                return name
-
-    def const(self, name: str) -> np.ndarray | None:
-        if not name:
-            return None
-        if name in self.values:
-            return self.values[name]
-        if name in self.inits:
-            self.values[name] = numpy_helper.to_array(self.inits[name])
-            return self.values[name]
-        return None
+        return self.names.fresh(hint)
 
     def add_init(self, arr: np.ndarray, hint: str, name: str | None = None) -> str:
         name = name or self.fresh(hint)
-        self.values[name] = arr
+        self.const.add(name, arr)
         self.new_inits.append(numpy_helper.from_array(arr, name))
         return name
 
@@ -160,8 +163,7 @@ class _Dequantizer:
     def error(self, node, why: str) -> ModelError:
         return ModelError(
             f"cannot build a float copy of the quantized model at {node.op_type} node "
-            f"{node.name or node.output[0]!r}: {why}; use a model-agnostic method "
-            "(occlusion, rise, lime, kernel_shap)"
+            f"{node.name or node.output[0]!r}: {why}; {AGNOSTIC_HINT}"
         )
 
     def qparams(self, node, scale: str, zp: str, qdtype: np.dtype | None = None):
@@ -251,7 +253,7 @@ class _Dequantizer:
         keep = [t for t in g.initializer if t.name in used]
         del g.initializer[:]
         g.initializer.extend(keep)
-        inputs = [i for i in g.input if i.name in used or i.name not in self.inits]
+        inputs = [i for i in g.input if i.name in used or i.name not in self.const.tensors]
         del g.input[:]
         g.input.extend(inputs)
         domains = {n.domain for n in g.node}
@@ -262,134 +264,146 @@ class _Dequantizer:
         return m
 
     def visit(self, node: onnx.NodeProto) -> None:
-        op, dom = node.op_type, node.domain
-        default = dom in ("", "ai.onnx")
-        ins = list(node.input) + [""] * 9
-        get = lambda k, d=None: _attr(node, k, d)  # noqa: E731
+        """Rewrite one node through its handler (:data:`_HANDLERS`), or :meth:`other` for ops without one."""
+        domain = "" if node.domain in DEFAULT_DOMAINS else node.domain
+        handler = _HANDLERS.get((domain, node.op_type), _Dequantizer.other)
+        handler(self, node, list(node.input) + [""] * 9)
 
-        if default and op == "QuantizeLinear":
-            x, scale, zp = ins[0], ins[1], ins[2]
-            if get("block_size", 0):
-                raise self.error(node, "blocked quantization")
-            out_dtype = get("output_dtype", 0)
-            qd = (np.dtype(helper.tensor_dtype_to_np_dtype(out_dtype)) if out_dtype else None)
-            xv = self.const(x)
-            if xv is not None:  # a weight quantized in the graph: keep it as a quantized constant
-                s, z = self.qparams(node, scale, zp, qd)
-                qd = qd or z.dtype
-                lo, hi = _QRANGE[np.dtype(qd)]
-                axis = get("axis", 1)
-                if s.size > 1:
-                    shape = [1] * xv.ndim
-                    shape[axis % xv.ndim] = -1
-                    s, z = s.reshape(shape), z.reshape(shape)
-                q = np.clip(np.rint(xv / s) + z.astype(np.int64), lo, hi).astype(qd)
-                self.add_init(q, "q", name=node.output[0])
-                return
+    # ----------------------------------------------------------------------------------- handlers
+    @_handles("QuantizeLinear")
+    def quantize_linear(self, node, ins) -> None:
+        x, scale, zp = ins[0], ins[1], ins[2]
+        if get_attr(node, "block_size", 0):
+            raise self.error(node, "blocked quantization")
+        out_dtype = get_attr(node, "output_dtype", 0)
+        qd = (np.dtype(helper.tensor_dtype_to_np_dtype(out_dtype)) if out_dtype else None)
+        xv = self.const(x)
+        if xv is None:
             self.requantize(node, x, node.output[0], scale, zp, qd)
             return
-        if default and op == "DequantizeLinear":
-            x, scale, zp = ins[0], ins[1], ins[2]
-            if get("block_size", 0):
-                raise self.error(node, "blocked quantization")
-            if x in self.floated:
-                self.emit("Identity", [self.floated[x][0]], [node.output[0]])
-                return
-            xv = self.const(x)
-            if xv is None:
-                raise self.error(node, f"input {x!r} is not a statically quantized tensor")
-            s, z = self.qparams(node, scale, zp, xv.dtype)
-            self.add_init(self.dequant_const(node, xv, s, z, get("axis", 1)), "w", name=node.output[0])
+        # a weight quantized in the graph: keep it as a quantized constant
+        s, z = self.qparams(node, scale, zp, qd)
+        qd = qd or z.dtype
+        lo, hi = _QRANGE[np.dtype(qd)]
+        axis = get_attr(node, "axis", 1)
+        if s.size > 1:
+            shape = [1] * xv.ndim
+            shape[axis % xv.ndim] = -1
+            s, z = s.reshape(shape), z.reshape(shape)
+        q = np.clip(np.rint(xv / s) + z.astype(np.int64), lo, hi).astype(qd)
+        self.add_init(q, "q", name=node.output[0])
+
+    @_handles("DequantizeLinear")
+    def dequantize_linear(self, node, ins) -> None:
+        x, scale, zp = ins[0], ins[1], ins[2]
+        if get_attr(node, "block_size", 0):
+            raise self.error(node, "blocked quantization")
+        if x in self.floated:
+            self.emit("Identity", [self.floated[x][0]], [node.output[0]])
             return
-        if default and op == "DynamicQuantizeLinear":
-            raise self.error(node, "dynamic quantization is not supported")
-        if default and op == "QLinearConv":
-            xf = self.float_of(node, ins[0], ins[1], ins[2])
-            wf = self.float_of(node, ins[3], ins[4], ins[5], axis=0)
-            conv_in = [xf, wf]
-            if ins[8]:
-                b = self.const(ins[8])
-                xs = self.const(ins[1])
-                ws = self.const(ins[4])
-                if b is None or xs is None or ws is None:
-                    raise self.error(node, "bias or scales computed at run time")
-                conv_in.append(self.add_init(
-                    (b.astype(np.float64) * xs.astype(np.float64).reshape(-1)[0]
-                     * ws.astype(np.float64).reshape(-1)).astype(np.float32), "b"))
-            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-            y = self.emit("Conv", conv_in, **attrs)
-            self.requantize(node, y, node.output[0], ins[6], ins[7])
-            return
-        if default and op == "QLinearMatMul":
-            a = self.float_of(node, ins[0], ins[1], ins[2], axis=-1)
-            b = self.float_of(node, ins[3], ins[4], ins[5], axis=-1)
-            y = self.emit("MatMul", [a, b])
-            self.requantize(node, y, node.output[0], ins[6], ins[7])
-            return
-        if dom == _MS and op == "QGemm":
-            # Y = alpha * A'B' + C, C an int32 bias at scale a_scale * b_scale; Y is quantized with
-            # (y_scale, y_zero_point) when given, else float
-            trans_b = int(get("transB", 0))
-            a = self.float_of(node, ins[0], ins[1], ins[2], axis=0)
-            b = self.float_of(node, ins[3], ins[4], ins[5], axis=0 if trans_b else -1)
-            gemm_in = [a, b]
-            if ins[6]:
-                c, sa, sb = self.const(ins[6]), self.const(ins[1]), self.const(ins[4])
-                if c is None or sa is None or sb is None:
-                    raise self.error(node, "bias or scales computed at run time")
-                gemm_in.append(self.add_init(
-                    (c.astype(np.float64) * sa.astype(np.float64).reshape(-1)[0]
-                     * sb.astype(np.float64).reshape(-1)).astype(np.float32), "c"))
-            attrs = dict(alpha=float(get("alpha", 1.0)), transA=int(get("transA", 0)), transB=trans_b)
-            if ins[7]:
-                y = self.emit("Gemm", gemm_in, **attrs)
-                self.requantize(node, y, node.output[0], ins[7], ins[8])
-            else:
-                self.emit("Gemm", gemm_in, [node.output[0]], **attrs)
-            return
-        if default and op in ("ConvInteger", "MatMulInteger"):
-            self.integer_op(node, ins)
-            return
-        if dom == _MS and op in ("QLinearAdd", "QLinearMul"):
-            a = self.float_of(node, ins[0], ins[1], ins[2])
-            b = self.float_of(node, ins[3], ins[4], ins[5])
-            y = self.emit(op[len("QLinear"):], [a, b])
-            self.requantize(node, y, node.output[0], ins[6], ins[7])
-            return
-        if dom == _MS and op in ("QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearSigmoid",
-                                 "QLinearLeakyRelu"):
-            x = self.float_of(node, ins[0], ins[1], ins[2])
-            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-            channels_last = attrs.pop("channels_last", 0)
-            base = op[len("QLinear"):]
-            if channels_last and base == "GlobalAveragePool":
-                rank = self._rank(ins[0])
-                y = self.emit("ReduceMean", [x], axes=list(range(1, rank - 1)), keepdims=1) \
-                    if self.opset < 18 else self.emit(
-                        "ReduceMean", [x, self.add_init(np.arange(1, rank - 1, dtype=np.int64), "ax")],
-                        keepdims=1)
-            elif channels_last:
-                raise self.error(node, "channels_last pooling")
-            else:
-                y = self.emit(base, [x], **attrs)
-            self.requantize(node, y, node.output[0], ins[3], ins[4])
-            return
-        if dom == _MS and op == "QLinearConcat":
-            parts = [self.float_of(node, node.input[i], node.input[i + 1], node.input[i + 2])
-                     for i in range(2, len(node.input), 3)]
-            y = self.emit("Concat", parts, axis=_attr(node, "axis"))
-            self.requantize(node, y, node.output[0], node.input[0], node.input[1])
-            return
-        if default and op == "Cast" and node.input[0] in self.acc_float:
+        xv = self.const(x)
+        if xv is None:
+            raise self.error(node, f"input {x!r} is not a statically quantized tensor")
+        s, z = self.qparams(node, scale, zp, xv.dtype)
+        self.add_init(self.dequant_const(node, xv, s, z, get_attr(node, "axis", 1)), "w", name=node.output[0])
+
+    @_handles("DynamicQuantizeLinear")
+    def dynamic_quantize_linear(self, node, ins) -> None:
+        raise self.error(node, "dynamic quantization is not supported")
+
+    def float_bias(self, node, bias: str, a_scale: str, b_scale: str, hint: str) -> str:
+        """An int32 bias at scale ``a_scale * b_scale`` (per-channel ``b_scale``) as a float constant."""
+        b, sa, sb = self.const(bias), self.const(a_scale), self.const(b_scale)
+        if b is None or sa is None or sb is None:
+            raise self.error(node, "bias or scales computed at run time")
+        return self.add_init((b.astype(np.float64) * sa.astype(np.float64).reshape(-1)[0]
+                              * sb.astype(np.float64).reshape(-1)).astype(np.float32), hint)
+
+    @_handles("QLinearConv")
+    def qlinear_conv(self, node, ins) -> None:
+        xf = self.float_of(node, ins[0], ins[1], ins[2])
+        wf = self.float_of(node, ins[3], ins[4], ins[5], axis=0)
+        conv_in = [xf, wf]
+        if ins[8]:
+            conv_in.append(self.float_bias(node, ins[8], ins[1], ins[4], "b"))
+        y = self.emit("Conv", conv_in, **_attrs(node))
+        self.requantize(node, y, node.output[0], ins[6], ins[7])
+
+    @_handles("QLinearMatMul")
+    def qlinear_matmul(self, node, ins) -> None:
+        a = self.float_of(node, ins[0], ins[1], ins[2], axis=-1)
+        b = self.float_of(node, ins[3], ins[4], ins[5], axis=-1)
+        y = self.emit("MatMul", [a, b])
+        self.requantize(node, y, node.output[0], ins[6], ins[7])
+
+    @_handles("QGemm", domain=_MS)
+    def qgemm(self, node, ins) -> None:
+        # Y = alpha * A'B' + C, C an int32 bias at scale a_scale * b_scale; Y is quantized with
+        # (y_scale, y_zero_point) when given, else float
+        trans_b = int(get_attr(node, "transB", 0))
+        a = self.float_of(node, ins[0], ins[1], ins[2], axis=0)
+        b = self.float_of(node, ins[3], ins[4], ins[5], axis=0 if trans_b else -1)
+        gemm_in = [a, b]
+        if ins[6]:
+            gemm_in.append(self.float_bias(node, ins[6], ins[1], ins[4], "c"))
+        attrs = dict(alpha=float(get_attr(node, "alpha", 1.0)), transA=int(get_attr(node, "transA", 0)),
+                     transB=trans_b)
+        if ins[7]:
+            y = self.emit("Gemm", gemm_in, **attrs)
+            self.requantize(node, y, node.output[0], ins[7], ins[8])
+        else:
+            self.emit("Gemm", gemm_in, [node.output[0]], **attrs)
+
+    @_handles("QLinearAdd", "QLinearMul", domain=_MS)
+    def qlinear_binary(self, node, ins) -> None:
+        a = self.float_of(node, ins[0], ins[1], ins[2])
+        b = self.float_of(node, ins[3], ins[4], ins[5])
+        y = self.emit(node.op_type[len("QLinear"):], [a, b])
+        self.requantize(node, y, node.output[0], ins[6], ins[7])
+
+    @_handles("QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearSigmoid", "QLinearLeakyRelu",
+              domain=_MS)
+    def qlinear_unary(self, node, ins) -> None:
+        x = self.float_of(node, ins[0], ins[1], ins[2])
+        attrs = _attrs(node)
+        channels_last = attrs.pop("channels_last", 0)
+        base = node.op_type[len("QLinear"):]
+        if channels_last and base == "GlobalAveragePool":
+            rank = self._rank(ins[0])
+            y = self.emit("ReduceMean", [x], axes=list(range(1, rank - 1)), keepdims=1) \
+                if self.opset < 18 else self.emit(
+                    "ReduceMean", [x, self.add_init(np.arange(1, rank - 1, dtype=np.int64), "ax")],
+                    keepdims=1)
+        elif channels_last:
+            raise self.error(node, "channels_last pooling")
+        else:
+            y = self.emit(base, [x], **attrs)
+        self.requantize(node, y, node.output[0], ins[3], ins[4])
+
+    @_handles("QLinearConcat", domain=_MS)
+    def qlinear_concat(self, node, ins) -> None:
+        parts = [self.float_of(node, node.input[i], node.input[i + 1], node.input[i + 2])
+                 for i in range(2, len(node.input), 3)]
+        y = self.emit("Concat", parts, axis=get_attr(node, "axis"))
+        self.requantize(node, y, node.output[0], node.input[0], node.input[1])
+
+    @_handles("Cast")
+    def cast(self, node, ins) -> None:
+        if node.input[0] in self.acc_float:  # the float value of an integer accumulator
             self.emit("Identity", [self.acc_float[node.input[0]]], [node.output[0]])
-            return
+        else:
+            self.other(node, ins)
+
+    def other(self, node, ins) -> None:
+        """Ops without a handler: kept as they are, or re-run on the float values when they touch
+        quantized activations and commute with dequantization (:data:`_PASS_THROUGH`)."""
         touched = [i for i in node.input if i in self.floated]
         if any(i in self.acc_float for i in node.input):
             raise self.error(node, "integer accumulator used by something other than Cast")
         if not touched:
             self.nodes.append(node)
             return
-        if not default or op not in _PASS_THROUGH:
+        if node.domain not in DEFAULT_DOMAINS or node.op_type not in _PASS_THROUGH:
             raise self.error(node, "operator on quantized values has no float equivalent here")
         params = {self.floated[i][1:] for i in touched}
         if len(params) > 1:
@@ -403,13 +417,14 @@ class _Dequantizer:
         in_types = {self._elem(i) for i in touched}
         for k, o in enumerate(new.output):
             if o and self._elem(o) in in_types | {0}:
-                if op in ("Shape", "Size") or (op == "MaxPool" and k == 1):
+                if node.op_type in ("Shape", "Size") or (node.op_type == "MaxPool" and k == 1):
                     continue
                 name = self.fresh(f"{o}_float")
                 new.output[k] = name
                 self.floated[o] = (name, *qparams)
         self.nodes.append(new)
 
+    @_handles("ConvInteger", "MatMulInteger")
     def integer_op(self, node, ins) -> None:
         """ConvInteger/MatMulInteger on a statically quantized activation and constant weights."""
         a, b, azp, bzp = ins[0], ins[1], ins[2], ins[3]
@@ -433,24 +448,15 @@ class _Dequantizer:
         # (a_q - za) = a_float / sa for a statically quantized activation (up to rounding)
         xa = self.emit("Div", [fa, self.add_init(np.float32(sa), "s")])
         op = "Conv" if node.op_type == "ConvInteger" else "MatMul"
-        attrs = {x.name: helper.get_attribute_value(x) for x in node.attribute}
-        self.acc_float[node.output[0]] = self.emit(op, [xa, wf], **attrs)
+        self.acc_float[node.output[0]] = self.emit(op, [xa, wf], **_attrs(node))
 
-    def _types(self):
-        if not hasattr(self, "_type_cache"):
+    def _types(self) -> dict[str, tuple[int, list | None]]:
+        if self._type_cache is None:
             try:
                 inferred = onnx.shape_inference.infer_shapes(self.model, strict_mode=False)
             except Exception:
                 inferred = self.model
-            g = inferred.graph
-            self._type_cache = {}
-            for vi in list(g.value_info) + list(g.input) + list(g.output):
-                tt = vi.type.tensor_type
-                dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim] \
-                    if tt.HasField("shape") else None
-                self._type_cache[vi.name] = (tt.elem_type, dims)
-            for t in g.initializer:
-                self._type_cache[t.name] = (t.data_type, list(t.dims))
+            self._type_cache = value_types(inferred)
         return self._type_cache
 
     def _elem(self, name: str) -> int:
@@ -463,11 +469,9 @@ class _Dequantizer:
         return len(dims)
 
 
-def _attr(node, name, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
+def _attrs(node: onnx.NodeProto) -> dict:
+    """All attributes of ``node`` (to copy them onto its float replacement)."""
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
 def is_quantized(model: onnx.ModelProto) -> bool:

@@ -33,6 +33,7 @@ import abc
 import numpy as np
 
 from ..errors import ParameterError
+from ..graph.autodiff import GUIDED
 from ..masks import linear_matrix
 from .base import Context, Result, register
 
@@ -182,7 +183,7 @@ def guided_grad_cam(ctx: Context, *, layer: str | None = None) -> Result:
     _, height, width = ctx.shape
     up = upsample_map(cam, height, width)
     engine = ctx.model.gradients
-    guided = engine.run(ctx.x[None], engine.one_hot(ctx.target), score=ctx.score, relu_mode="guided").grad[0]
+    guided = engine.run(ctx.x[None], engine.one_hot(ctx.target), score=ctx.score, rules=GUIDED).grad[0]
     attributions = guided.astype(np.float64) * up[None]
     return Result(attributions=attributions.astype(np.float32), heatmap=np.abs(attributions).sum(axis=0).astype(
         np.float32), n_evals=2, pixel_attributions=True, notes=list(engine.notes),

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..baselines import make_baseline
 from ..errors import ParameterError
+from ..graph.autodiff import DECONVNET, GUIDED, PLAIN, RuleSet
 from .base import Context, Param, Result, register
 
 IG_METHODS = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")
@@ -31,12 +32,12 @@ SMOOTHGRAD_VARIANTS = ("smoothgrad", "smoothgrad_sq", "vargrad")
 
 
 # ------------------------------------------------------------------------------------------- helpers
-def _gradients(ctx: Context, xs: np.ndarray, *, relu_mode: str = "plain", desc: str = "gradients") -> np.ndarray:
+def _gradients(ctx: Context, xs: np.ndarray, *, rules: RuleSet = PLAIN, desc: str = "gradients") -> np.ndarray:
     """d score[target] / d x (float32) for every input in ``xs`` [N, C, H, W], in batches."""
     engine = ctx.model.gradients
     seed = engine.one_hot(ctx.target, len(xs))
     with ctx.bar(len(xs), desc) as bar:
-        out = engine.run(xs, seed, score=ctx.score, relu_mode=relu_mode, progress=bar.update)
+        out = engine.run(xs, seed, score=ctx.score, rules=rules, progress=bar.update)
     return out.grad
 
 
@@ -196,9 +197,9 @@ def smoothgrad(ctx: Context, *, n_samples: int = 50, noise: float | None = None,
     return _result(ctx, attributions, heatmap, int(n_samples), noise_std=std, variant=variant)
 
 
-def _modified_relu(ctx: Context, mode: str, desc: str) -> Result:
-    grad = _gradients(ctx, ctx.x[None], relu_mode=mode, desc=desc)[0]
-    return _result(ctx, grad, _unsigned(grad), 1, relu_mode=mode)
+def _modified_relu(ctx: Context, rules: RuleSet, desc: str) -> Result:
+    grad = _gradients(ctx, ctx.x[None], rules=rules, desc=desc)[0]
+    return _result(ctx, grad, _unsigned(grad), 1, relu_mode=rules.name)
 
 
 @register("guided_backprop", default_score="logit", kind="gradient",
@@ -209,7 +210,7 @@ def guided_backprop(ctx: Context) -> Result:
     was positive. Captum hooks only ``nn.ReLU`` modules, so networks that use functional relu or ReLU6
     differ from Captum there; blackbox sees every rectifier in the graph. Attributions are signed;
     heatmap: sum over channels of |attribution|."""
-    return _modified_relu(ctx, "guided", "guided backprop")
+    return _modified_relu(ctx, GUIDED, "guided backprop")
 
 
 @register("deconvnet", default_score="logit", kind="gradient",
@@ -218,4 +219,4 @@ def guided_backprop(ctx: Context) -> Result:
 def deconvnet(ctx: Context) -> Result:
     """Every Relu (and ReLU6-style Clip at 0) passes relu(incoming gradient), ignoring the forward
     input (Captum's Deconvolution). Attributions are signed; heatmap: sum over channels of |attribution|."""
-    return _modified_relu(ctx, "deconvnet", "deconvnet")
+    return _modified_relu(ctx, DECONVNET, "deconvnet")

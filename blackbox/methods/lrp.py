@@ -16,7 +16,7 @@ import math
 import numpy as np
 
 from ..errors import ParameterError
-from ..graph.autodiff.rules.lrp import LRP_RULES, lrp_rules
+from ..graph.autodiff.rules.lrp import LRP_RULES, lrp_ruleset
 from .base import Context, Param, Result, register
 
 
@@ -42,11 +42,9 @@ def lrp(ctx: Context, *, rule: str = "epsilon", epsilon: float = 1e-6, alpha: fl
         raise ParameterError(f"alpha - beta must be 1 for the alpha-beta rule to conserve relevance; "
                              f"got alpha={alpha}, beta={beta}")
     epsilon, alpha, beta = float(epsilon), float(alpha), float(beta)
-    overrides = lrp_rules(rule, epsilon=epsilon, alpha=alpha, beta=beta)
-    key = f"lrp:{rule}:{epsilon!r}" + (f":{alpha!r}:{beta!r}" if rule == "alpha_beta" else "")
+    rules = lrp_ruleset(rule, epsilon=epsilon, alpha=alpha, beta=beta)
     engine = ctx.model.gradients
-    out = engine.run(ctx.x[None], engine.one_hot(ctx.target), score=ctx.score, rule_overrides=overrides,
-                     overrides_key=key)
+    out = engine.run(ctx.x[None], engine.one_hot(ctx.target), score=ctx.score, rules=rules)
     relevance = out.grad[0].astype(np.float64) * ctx.x.astype(np.float64)
     score = float(out.scores[0, ctx.target])
     return Result(attributions=relevance.astype(np.float32), heatmap=relevance.sum(axis=0).astype(np.float32),

@@ -30,14 +30,11 @@ import onnx.version_converter
 from onnx import TensorProto, helper, numpy_helper
 
 from ...errors import ModelError
+from ..onnx_utils import MAX_IR_VERSION, all_inputs, default_opset, get_attr, value_types
+from .errors import AGNOSTIC_HINT
 
 MIN_OPSET = 16
 MIN_IR_VERSION = 8
-MAX_IR_VERSION = 10
-
-FLOAT_TYPES = frozenset(
-    {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
-)
 
 # Float-valued ops whose constant folding is pure data movement (or exact arithmetic on weights), so
 # folding them cannot change results. Ops with integer outputs are always folded when their inputs are.
@@ -59,21 +56,6 @@ _CONV_OPS = frozenset({"Conv", "ConvInteger", "QLinearConv"})
 
 
 # --------------------------------------------------------------------------------------------- utils
-def default_opset(model: onnx.ModelProto) -> int:
-    for entry in model.opset_import:
-        if entry.domain in ("", "ai.onnx"):
-            return int(entry.version)
-    return 1
-
-
-def get_attr(node: onnx.NodeProto, name: str, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            value = helper.get_attribute_value(a)
-            return value.decode() if isinstance(value, bytes) else value
-    return default
-
-
 def set_attr(node: onnx.NodeProto, name: str, value) -> None:
     del_attr(node, name)
     node.attribute.append(helper.make_attribute(name, value))
@@ -85,38 +67,9 @@ def del_attr(node: onnx.NodeProto, name: str) -> None:
     node.attribute.extend(keep)
 
 
-def _dims(tp: onnx.TypeProto) -> list | None:
-    if not tp.HasField("tensor_type") or not tp.tensor_type.HasField("shape"):
-        return None
-    out: list = []
-    for d in tp.tensor_type.shape.dim:
-        if d.HasField("dim_value"):
-            out.append(int(d.dim_value))
-        elif d.HasField("dim_param"):
-            out.append(d.dim_param)
-        else:
-            out.append(None)
-    return out
-
-
-def value_types(model: onnx.ModelProto) -> dict[str, tuple[int, list | None]]:
-    """name -> (onnx elem type, dims) for every tensor whose type is known.
-
-    A dim is an ``int`` when fixed, a ``str`` when symbolic, ``None`` when unknown; dims is ``None``
-    when even the rank is unknown.
-    """
-    g = model.graph
-    out: dict[str, tuple[int, list | None]] = {}
-    for vi in list(g.value_info) + list(g.input) + list(g.output):
-        if vi.type.HasField("tensor_type"):
-            out[vi.name] = (int(vi.type.tensor_type.elem_type), _dims(vi.type))
-    for t in g.initializer:
-        out[t.name] = (int(t.data_type), [int(d) for d in t.dims])
-    return out
-
-
 def topo_sort(nodes: Sequence[onnx.NodeProto], available: Iterable[str]) -> list[onnx.NodeProto]:
-    """Nodes in a topological order (stable: keeps the given order where it is already valid)."""
+    """Nodes in a topological order (stable: keeps the given order where it is already valid). Names a
+    node's subgraphs read from the outer scope count as its inputs."""
     ready = set(available) | {""}
     producers = {o for n in nodes for o in n.output}
     pending = list(nodes)
@@ -125,13 +78,13 @@ def topo_sort(nodes: Sequence[onnx.NodeProto], available: Iterable[str]) -> list
         rest = []
         progressed = False
         for n in pending:
-            if all(i in ready or i not in producers for i in n.input):
+            if all(i in ready or i not in producers for i in all_inputs(n)):
                 order.append(n)
                 ready.update(n.output)
                 progressed = True
             else:
                 rest.append(n)
-        if not progressed:  # a cycle or an implicit (subgraph) dependency: keep what is left as is
+        if not progressed:  # a cycle: keep what is left as is
             order.extend(rest)
             break
         pending = rest
@@ -160,7 +113,7 @@ def prepare(model: onnx.ModelProto, *, outputs: Sequence[str]) -> onnx.ModelProt
             raise ModelError(
                 f"cannot upgrade the model from opset {default_opset(model)} to {MIN_OPSET} for the "
                 f"gradient graph ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
-                "use a model-agnostic method (occlusion, rise, lime, kernel_shap)"
+                f"{AGNOSTIC_HINT}"
             ) from None
     needed_ir = helper.find_min_ir_version_for(list(m.opset_import), ignore_unknown=True)
     # at least what the opsets need (and IR 8); never lowered, never raised past what ORT reads
@@ -403,13 +356,7 @@ def _prune(m: onnx.ModelProto, outputs: Sequence[str]) -> None:
     for node in reversed(list(g.node)):
         if any(o in needed for o in node.output):
             keep.append(node)
-            needed.update(i for i in node.input if i)
-            for a in node.attribute:  # names used inside subgraphs
-                if a.type == onnx.AttributeProto.GRAPH:
-                    needed.update(_subgraph_names(a.g))
-                elif a.type == onnx.AttributeProto.GRAPHS:
-                    for sg in a.graphs:
-                        needed.update(_subgraph_names(sg))
+            needed.update(all_inputs(node))  # with the names used inside subgraphs
     keep.reverse()
     del g.node[:]
     g.node.extend(keep)
@@ -433,16 +380,6 @@ def _set_outputs(m: onnx.ModelProto, outputs: Sequence[str]) -> None:
             new.append(helper.make_empty_tensor_value_info(name))
     del g.output[:]
     g.output.extend(new)
-
-
-def _subgraph_names(g: onnx.GraphProto) -> set[str]:
-    names = set()
-    for n in g.node:
-        names.update(n.input)
-        for a in n.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                names.update(_subgraph_names(a.g))
-    return names
 
 
 # ------------------------------------------------------------------------------------- explicit pads

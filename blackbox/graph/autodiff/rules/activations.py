@@ -10,27 +10,16 @@ Boundary conventions follow PyTorch's backward kernels, so parity tests can be e
   x/3 + 1/2 for -3 <= x <= 3, 1 above (``hardswish_backward``).
 * ``LeakyRelu``/``PRelu``/``Elu``: the negative branch at x == 0.
 
-``ctx.relu_mode`` changes ``Relu`` and rectifying ``Clip`` (lower bound 0, i.e. ReLU6):
-``"guided"`` passes relu(grad) where the forward mask is on, ``"deconvnet"`` passes relu(grad)
-ignoring the forward mask.
+``Relu`` and rectifying ``Clip`` (lower bound 0, i.e. ReLU6) compute the forward gate and let the rule
+set's rectifier (``ctx.rectifier``, see ``rectifiers.py``) decide what crosses it.
 """
 
 from __future__ import annotations
 
 import math
 
-from . import rule
-from ..prepare import get_attr
-
-
-def _rectify(ctx, node, g, mask):
-    """Gradient through a rectifier with forward pass-mask ``mask`` under ``ctx.relu_mode``."""
-    zero = ctx.scalar(0.0, node.input[0])
-    if ctx.relu_mode == "deconvnet":
-        return ctx.emit("Relu", [g])
-    if ctx.relu_mode == "guided":
-        g = ctx.emit("Relu", [g])
-    return ctx.emit("Where", [mask, g, zero])
+from ..registry import rule
+from ._helpers import axis_attr, constant_inputs, get_attr, positive
 
 
 @rule("Relu")
@@ -38,11 +27,11 @@ def relu(ctx, node, grads):
     # relu(x) > 0 exactly where x > 0. Reading the mask off the output leaves the input with one
     # consumer, so ONNX Runtime can still fuse the forward Conv(+Add)+Relu.
     y = node.output[0]
-    if ctx.relu_mode != "deconvnet" and ctx.zero_where_nonpositive.get(grads[0]) == y:
+    rect = ctx.rectifier
+    if rect.masks_only and ctx.zero_where_nonpositive.get(grads[0]) == y:
         # the incoming gradient already respects the mask (see the MaxPool rule)
-        return [ctx.emit("Relu", [grads[0]]) if ctx.relu_mode == "guided" else grads[0]]
-    mask = ctx.emit("Greater", [y, ctx.scalar(0.0, y)])
-    return [_rectify(ctx, node, grads[0], mask)]
+        return [rect.backward(ctx, node, grads[0], None, None)]
+    return [rect.backward(ctx, node, grads[0], positive(ctx, y), None)]
 
 
 @rule("Clip")
@@ -66,7 +55,8 @@ def clip(ctx, node, grads):
     mask = masks[0] if len(masks) == 1 else ctx.emit("And", masks)
     lo_v = ctx.value(lo) if lo is not None else None
     if lo_v is not None and lo_v.size == 1 and float(lo_v.reshape(-1)[0]) == 0.0:
-        return [_rectify(ctx, node, g, mask), None, None]
+        below = None if hi is None else (lambda: ctx.emit("LessOrEqual", [x, lo]))
+        return [ctx.rectifier.backward(ctx, node, g, mask, below), None, None]
     return [ctx.emit("Where", [mask, g, ctx.scalar(0.0, x)]), None, None]
 
 
@@ -76,17 +66,16 @@ def leaky_relu(ctx, node, grads):
     g = grads[0]
     alpha = get_attr(node, "alpha", 0.01)
     neg = ctx.emit("Mul", [g, ctx.scalar(alpha, x)])
-    return [ctx.emit("Where", [ctx.emit("Greater", [x, ctx.scalar(0.0, x)]), g, neg])]
+    return [ctx.emit("Where", [positive(ctx, x), g, neg])]
 
 
 @rule("PRelu")
 def prelu(ctx, node, grads):
     x, slope = node.input[0], node.input[1]
     g = grads[0]
-    if ctx.needs(slope):
-        raise ctx.error("gradient w.r.t. an input-dependent slope")
+    constant_inputs(ctx, node, what="an input-dependent slope")
     neg = ctx.emit("Mul", [g, slope])
-    return [ctx.emit("Where", [ctx.emit("Greater", [x, ctx.scalar(0.0, x)]), g, neg]), None]
+    return [ctx.emit("Where", [positive(ctx, x), g, neg]), None]
 
 
 @rule("Elu")
@@ -95,7 +84,7 @@ def elu(ctx, node, grads):
     g = grads[0]
     alpha = get_attr(node, "alpha", 1.0)
     neg = ctx.emit("Mul", [g, ctx.emit("Add", [y, ctx.scalar(alpha, x)])])
-    return [ctx.emit("Where", [ctx.emit("Greater", [x, ctx.scalar(0.0, x)]), g, neg])]
+    return [ctx.emit("Where", [positive(ctx, x), g, neg])]
 
 
 @rule("Sigmoid")
@@ -171,10 +160,9 @@ def gelu(ctx, node, grads):
 
 
 def _softmax_axes(ctx, node):
-    r = ctx.rank(node.input[0])
     if ctx.opset >= 13:
-        return [get_attr(node, "axis", -1) % r]
-    return list(range(get_attr(node, "axis", 1) % r, r))  # opset < 13: coerced to 2-D at axis
+        return [axis_attr(ctx, node, -1)]
+    return list(range(axis_attr(ctx, node, 1), ctx.rank(node.input[0])))  # opset < 13: 2-D at axis
 
 
 @rule("Softmax")

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from . import rule
-from ..prepare import get_attr
+from ..registry import rule
+from ._helpers import constant_inputs, get_attr, only_first
 
 
 def transpose_pads(ins: Sequence[int], outs: Sequence[int], k: Sequence[int], s: Sequence[int],
@@ -55,17 +55,11 @@ def spatial_attrs(ctx, node, x: str, kernel: Sequence[int] | None = None):
     return n, k, s, d, pads[:n], pads[n:]
 
 
-def _no_weight_grads(ctx, node, start: int = 1):
-    for i in node.input[start:]:
-        if ctx.needs(i):
-            raise ctx.error(f"gradient w.r.t. input-dependent weights {i!r}")
-
-
 @rule("Conv")
 def conv(ctx, node, grads):
     x, w = node.input[0], node.input[1]
     y = node.output[0]
-    _no_weight_grads(ctx, node)
+    constant_inputs(ctx, node, what="input-dependent weights")
     wshape = ctx.static_shape(w)
     n, k, s, d, pb, pe = spatial_attrs(ctx, node, x, wshape[2:] if wshape else None)
     ins = ctx.static_dims(x, range(2, 2 + n))
@@ -80,7 +74,7 @@ def conv(ctx, node, grads):
         pads, extra = transpose_pads(ins, outs, k, s, d, pb, pe)
         gx = ctx.emit("ConvTranspose", [grads[0], w], kernel_shape=k, strides=s, dilations=d, pads=pads,
                       output_padding=extra, group=group)
-    return [gx] + [None] * (len(node.input) - 1)
+    return only_first(node, gx)
 
 
 # Why not always ConvTranspose: ONNX Runtime's CPU ConvTranspose is a GEMM plus col2im, 1.5-2x the
@@ -116,7 +110,7 @@ def _adjoint_stride1(ctx, g, w, k, d, pb, ins, outs, group):
 @rule("ConvTranspose")
 def conv_transpose(ctx, node, grads):
     x, w = node.input[0], node.input[1]
-    _no_weight_grads(ctx, node)
+    constant_inputs(ctx, node, what="input-dependent weights")
     if get_attr(node, "output_shape") is not None:
         raise ctx.error("output_shape on an input of unknown spatial size")
     wshape = ctx.static_shape(w)
@@ -135,7 +129,7 @@ def conv_transpose(ctx, node, grads):
         if extra:  # output_padding >= stride made Conv's result longer than the input: crop
             gx = ctx.emit("Slice", [gx, ctx.ints([0] * n), ctx.ints(ctx.static_dims(x, range(2, 2 + n))),
                                     ctx.ints(list(range(2, 2 + n)))])
-    return [gx] + [None] * (len(node.input) - 1)
+    return only_first(node, gx)
 
 
 @rule("Gemm")

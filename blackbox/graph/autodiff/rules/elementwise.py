@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 
-from . import rule
+from ...onnx_utils import is_straight_through
+from ..registry import rule
 
 
 def _ub(ctx, node, grad, i):
@@ -144,13 +145,10 @@ def erf(ctx, node, grads):
     return [ctx.emit("Mul", [grads[0], d])]
 
 
-STE_MARK = "blackbox:straight-through"  # same marker as blackbox.graph.precision.STE_MARK
-
-
 @rule("Round", "Floor", "Ceil")
 def rounding(ctx, node, grads):
     """Zero almost everywhere; the identity for Round nodes marked straight-through (fake quant)."""
-    if STE_MARK in node.doc_string or node.name.startswith(STE_MARK):
+    if is_straight_through(node):
         return [grads[0]]
     return [None]
 
@@ -165,14 +163,11 @@ def where(ctx, node, grads):
     return [None, _ub(ctx, node, ga, 1), _ub(ctx, node, gb, 2)]
 
 
-
 @rule("Max", "Min")
 def max_min(ctx, node, grads):
     """Binary Max/Min: the gradient goes to the winning operand, split evenly on ties (torch.maximum)."""
     if len(node.input) != 2:
-        from ..core import unsupported
-
-        raise unsupported(node, f"{len(node.input)}-input {node.op_type}")
+        raise ctx.error(f"{len(node.input)}-input {node.op_type}")
     a, b = node.input
     g = grads[0]
     y = node.output[0]

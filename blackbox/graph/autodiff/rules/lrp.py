@@ -1,8 +1,8 @@
 """Layer-wise relevance propagation (LRP) as replacement gradient rules.
 
-Nothing here is registered in ``RULES``: :func:`lrp_rules` returns a dict for
-``build_gradient_model(rule_overrides=...)``, so the same walk that computes gradients computes
-relevance, in standard ONNX ops.
+Nothing here is registered in ``RULES``: :func:`lrp_ruleset` returns a :class:`~..registry.RuleSet`
+with these rules as overrides for ``build_gradient_model(rules=...)``, so the same walk that computes
+gradients computes relevance, in standard ONNX ops.
 
 Why this works (the "gradient x input" form of LRP). Every tensor ``t`` carries a modified gradient
 ``g_t`` such that its relevance is ``R_t = t * g_t``; the method multiplies the input's ``g`` by the input
@@ -31,13 +31,15 @@ gradient x input hybrid there, without conservation.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Callable
 
 import numpy as np
 from onnx import NodeProto, helper
 
-from . import RULES, Rule
-from ..prepare import get_attr
+from ..registry import RULES, Rule, RuleSet
+from ._helpers import get_attr, only_first
+from .rectifiers import PLAIN
 
 LRP_RULES = ("epsilon", "alpha_beta")
 
@@ -189,7 +191,7 @@ def alpha_beta_rule(base: Rule, alpha: float, beta: float, eps: float) -> Rule:
             on_pos = ctx.emit("Sub", [on_pos, ctx.emit("Mul", [lin.adjoint(s_neg, w_neg), k])])
             on_neg = ctx.emit("Sub", [on_neg, ctx.emit("Mul", [lin.adjoint(s_neg, w_pos), k])])
         ga = ctx.emit("Where", [ctx.emit("Greater", [a, ctx.scalar(0.0, a)]), on_pos, on_neg])
-        return [ga] + [None] * (len(node.input) - 1)
+        return only_first(node, ga)
 
     rule.__name__ = f"lrp_alpha_beta_{getattr(base, '__name__', 'rule')}"
     return rule
@@ -207,4 +209,20 @@ def lrp_rules(rule: str = "epsilon", *, epsilon: float = 1e-6, alpha: float = 1.
     return out
 
 
-__all__ = ["ALPHA_BETA_OPS", "EPSILON_OPS", "LRP_RULES", "alpha_beta_rule", "epsilon_rule", "lrp_rules"]
+def lrp_ruleset(rule: str = "epsilon", *, epsilon: float = 1e-6, alpha: float = 1.0,
+                beta: float = 0.0) -> RuleSet:
+    """The rule set of one LRP variant: plain rectifiers, :func:`lrp_rules` as overrides. Equal
+    arguments give the same rule set (so cached gradient graphs are reused)."""
+    if rule != "alpha_beta":
+        alpha, beta = 1.0, 0.0  # unused by the epsilon rule: one rule set per epsilon
+    return _lrp_ruleset(rule, float(epsilon), float(alpha), float(beta))
+
+
+@lru_cache(maxsize=64)
+def _lrp_ruleset(rule: str, epsilon: float, alpha: float, beta: float) -> RuleSet:
+    name = f"lrp-{rule}(epsilon={epsilon!r}" + (f", alpha={alpha!r}, beta={beta!r})" if rule == "alpha_beta" else ")")
+    return PLAIN.with_overrides(name, lrp_rules(rule, epsilon=epsilon, alpha=alpha, beta=beta))
+
+
+__all__ = ["ALPHA_BETA_OPS", "EPSILON_OPS", "LRP_RULES", "alpha_beta_rule", "epsilon_rule", "lrp_rules",
+           "lrp_ruleset"]

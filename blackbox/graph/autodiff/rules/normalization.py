@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import rule
-from ..prepare import get_attr
+from ..registry import rule
+from ._helpers import axis_attr, constant_inputs, get_attr, only_first
 
 
 @rule("BatchNormalization")
@@ -15,9 +15,7 @@ def batch_norm(ctx, node, grads):
         raise ctx.error("training_mode=1 (batch statistics)")
     if any(gr is not None for gr in grads[1:]):
         raise ctx.error("gradient of running statistics outputs")
-    for name in node.input[1:]:
-        if ctx.needs(name):
-            raise ctx.error(f"gradient w.r.t. input-dependent parameter {name!r}")
+    constant_inputs(ctx, node)
     eps = float(get_attr(node, "epsilon", 1e-5))
     r = ctx.rank(x)
     tail = [1] * max(r - 2, 0)
@@ -40,11 +38,9 @@ def layer_norm(ctx, node, grads):
     scale = node.input[1]
     if any(gr is not None for gr in grads[1:]):
         raise ctx.error("gradient of the Mean/InvStdDev outputs")
-    for name in node.input[1:]:
-        if ctx.needs(name):
-            raise ctx.error(f"gradient w.r.t. input-dependent parameter {name!r}")
+    constant_inputs(ctx, node)
     r = ctx.rank(x)
-    axis = get_attr(node, "axis", -1) % r
+    axis = axis_attr(ctx, node, -1)
     axes = list(range(axis, r))
     eps = float(get_attr(node, "epsilon", 1e-5))
     g = grads[0]
@@ -57,4 +53,4 @@ def layer_norm(ctx, node, grads):
     m1 = ctx.reduce("ReduceMean", gh, axes, keepdims=True)
     m2 = ctx.reduce("ReduceMean", ctx.emit("Mul", [gh, xhat]), axes, keepdims=True)
     inner = ctx.emit("Sub", [ctx.emit("Sub", [gh, m1]), ctx.emit("Mul", [xhat, m2])])
-    return [ctx.emit("Mul", [inner, rstd])] + [None] * (len(node.input) - 1)
+    return only_first(node, ctx.emit("Mul", [inner, rstd]))

@@ -19,8 +19,8 @@ import itertools
 import numpy as np
 from onnx import TensorProto, numpy_helper
 
-from . import RULES, rule
-from ..prepare import get_attr
+from ..registry import RULES, rule
+from ._helpers import get_attr, positive
 from .conv import spatial_attrs, transpose_pads
 
 
@@ -113,13 +113,13 @@ def _max_pool_by_offsets(ctx, node, g):
     position = ctx.emit("Add", [earliest, ctx.const(last[None, None].astype(np.float32), hint="maxpool_last")])
     position = ctx.emit("Cast", [position], to=TensorProto.INT64)
     # MaxPool(Relu(z)): the Relu's mask at a window's maximum is (y > 0), so it can be applied here, to
-    # 1/stride^2 of the values, and the Relu rule passes the gradient through (unless DeconvNet, which
-    # ignores the mask, or a rule override replaces the Relu rule)
+    # 1/stride^2 of the values, and the Relu rule passes the gradient through (unless the rectifier
+    # looks past the mask, e.g. DeconvNet's, or a rule override replaces the Relu rule)
     relu = ctx.producers.get(x)
     premask = (relu is not None and relu.op_type == "Relu" and relu.domain in ("", "ai.onnx") and ctx.uses[x] == 1
-               and ctx.rules.get("Relu") is RULES["Relu"] and ctx.relu_mode != "deconvnet")
+               and ctx.rules.get("Relu") is RULES["Relu"] and ctx.rectifier.masks_only)
     if premask:
-        g = ctx.emit("Where", [ctx.emit("Greater", [y, ctx.scalar(0.0, y)]), g, ctx.scalar(0.0, y)])
+        g = ctx.emit("Where", [positive(ctx, y), g, ctx.scalar(0.0, y)])
     rows = ctx.ints([-1, windows])
     zeros = ctx.emit("ConstantOfShape", [ctx.emit("Shape", [ctx.emit("Reshape", [x, ctx.ints([-1, plane])])])],
                      value=numpy_helper.from_array(np.zeros(1, dtype=dtype), "value"))
@@ -184,7 +184,6 @@ def global_average_pool(ctx, node, grads):
     if sx is not None and all(isinstance(v, int) for v in sx[2:]):
         scale = ctx.scalar(1.0 / float(np.prod(sx[2:])), x)
     else:  # size(y) / size(x) = 1 / (H * W)
-        scale = ctx.emit("Div", [ctx.emit("Cast", [ctx.emit("Size", [y])], to=ctx.dtype(x)),
-                                 ctx.emit("Cast", [ctx.emit("Size", [x])], to=ctx.dtype(x))])
+        scale = ctx.size_ratio(y, x)
     g = ctx.emit("Mul", [grads[0], scale])
     return [ctx.expand_over(g, x, range(2, ctx.rank(x)))]

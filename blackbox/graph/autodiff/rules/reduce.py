@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from . import rule
-from ..prepare import get_attr
+from ..registry import rule
+from ._helpers import get_attr
 
 
 def reduce_axes(ctx, node) -> list[int] | None:
@@ -46,8 +46,7 @@ def reduce_sum_mean(ctx, node, grads):
                 count *= d
             scale = ctx.scalar(1.0 / max(count, 1), x)
         else:
-            scale = ctx.emit("Div", [ctx.emit("Cast", [ctx.emit("Size", [y])], to=ctx.dtype(x)),
-                                     ctx.emit("Cast", [ctx.emit("Size", [x])], to=ctx.dtype(x))])
+            scale = ctx.size_ratio(y, x)
         g = ctx.emit("Mul", [g, scale])
     return [ctx.expand_over(g, x, axes), None]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import rule
-from ..prepare import get_attr
+from ..registry import rule
+from ._helpers import axis_attr, get_attr, only_first
 from .pooling import scatter_add_flat
 
 _INT64_MAX = np.iinfo(np.int64).max
@@ -13,8 +13,7 @@ _INT64_MAX = np.iinfo(np.int64).max
 
 @rule("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 def reshape(ctx, node, grads):
-    x = node.input[0]
-    return [ctx.reshape_like(grads[0], x)] + [None] * (len(node.input) - 1)
+    return only_first(node, ctx.reshape_like(grads[0], node.input[0]))
 
 
 @rule("Transpose")
@@ -55,8 +54,7 @@ def concat(ctx, node, grads):
     ins = list(node.input)
     if len(ins) == 1:
         return [grads[0]]
-    r = ctx.rank(ins[0])
-    axis = get_attr(node, "axis") % r
+    axis = axis_attr(ctx, node, None)
     sizes = []
     for i in ins:
         s = ctx.shape(i)
@@ -71,10 +69,8 @@ def concat(ctx, node, grads):
 
 @rule("Split")
 def split(ctx, node, grads):
-    x = node.input[0]
-    axis = get_attr(node, "axis", 0) % ctx.rank(x)
     parts = [gr if gr is not None else ctx.zeros_like(y) for gr, y in zip(grads, node.output)]
-    return [ctx.emit("Concat", parts, axis=axis)] + [None] * (len(node.input) - 1)
+    return only_first(node, ctx.emit("Concat", parts, axis=axis_attr(ctx, node)))
 
 
 @rule("Slice")
@@ -158,7 +154,7 @@ def _normalized_indices(ctx, indices: str, x: str, axis: int) -> str:
 def gather(ctx, node, grads):
     x, indices = node.input[0], node.input[1]
     r = ctx.rank(x)
-    axis = get_attr(node, "axis", 0) % r
+    axis = axis_attr(ctx, node)
     padded = _gather_range_as_pad(ctx, x, indices, axis, grads[0])
     if padded is not None:
         return [padded, None]
@@ -201,7 +197,7 @@ def _gather_range_as_pad(ctx, x: str, indices: str, axis: int, g: str) -> str | 
 @rule("GatherElements")
 def gather_elements(ctx, node, grads):
     x, indices = node.input[0], node.input[1]
-    axis = get_attr(node, "axis", 0) % ctx.rank(x)
+    axis = axis_attr(ctx, node)
     idx = _normalized_indices(ctx, indices, x, axis)
     out = ctx.emit("ScatterElements", [ctx.zeros_like(x), idx, grads[0]], axis=axis,
                    reduction="add")
