@@ -57,3 +57,13 @@ def test_explain_a_named_target(tmp_path, capsys):
 def test_methods_lists_occlusion(capsys):
     assert main(["methods"]) == 0
     assert "occlusion" in capsys.readouterr().out
+
+
+def test_param_values_json_lists_and_bare_words(tmp_path, capsys):
+    """JSON lists and numbers are parsed; a bare word is the string it spells (baseline=blur)."""
+    assert main(["explain", SHAPES, str(SAMPLES / "star.png"), "--out", str(tmp_path), "--param", "window=[3,8,8]",
+                 "--param", "stride=[3,4,4]", "--param", "baseline=blur", "--json"]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)[0]
+    assert summary["params"]["window"] == [3, 8, 8] and summary["params"]["baseline"] == "blur"
+    assert captured.err == ""  # metadata preprocessing, a map with contrast: no warning
