@@ -71,9 +71,6 @@ class Context:
 EVALUATION_LIMIT = 1_000_000
 MEMORY_LIMIT = 8 << 30  # bytes a method's own arrays may take (samples, masks, gradients)
 
-_NUMBER_TYPES = (int, float)
-
-
 @dataclass(frozen=True)
 class Param:
     """What one method parameter accepts, checked before any work (``MethodSpec.check_params``).
@@ -81,9 +78,9 @@ class Param:
     ``type``: int, float, bool or str (default: the annotation, when it is one of those); ``min``/``max``
     bound numbers (``open_min``/``open_max``: strictly); ``choices``: the allowed values; ``lengths``:
     a list of that many values is accepted too, each checked like a scalar (``(2,)`` for (h, w));
-    ``optional``: None is accepted (default: the annotation says ``| None`` or the default is None);
-    ``open``: other kinds of value (names, arrays) are the method's to check; only values of ``type``
-    are checked here.
+    ``optional``: None is accepted (default: the annotation says ``| None`` or the default is None).
+    Parameters without a declaration or a plain annotation (baselines, segmentations) are the method's
+    to check.
     """
 
     type: type | None = None
@@ -94,7 +91,6 @@ class Param:
     choices: tuple = ()
     lengths: tuple[int, ...] = ()
     optional: bool | None = None
-    open: bool = False
 
     def expect(self) -> str:
         """The accepted values in words, for the error line."""
@@ -125,7 +121,7 @@ class Param:
         if self.type is int and not isinstance(value, (int, np.integer)):
             return False
         if self.type is float:
-            if not isinstance(value, (*_NUMBER_TYPES, np.integer, np.floating)) or not math.isfinite(value):
+            if not isinstance(value, (int, float, np.integer, np.floating)) or not math.isfinite(value):
                 return False
         if self.min is not None and (value <= self.min if self.open_min else value < self.min):
             return False
@@ -133,24 +129,9 @@ class Param:
             return False
         return True
 
-    def _of_type(self, value: Any) -> bool:
-        """Whether ``value`` is the declared kind of thing (for ``open`` parameters)."""
-        if self.choices:
-            return isinstance(value, tuple({type(c) for c in self.choices}))
-        if self.type is bool:
-            return isinstance(value, (bool, np.bool_))
-        if self.type is str:
-            return isinstance(value, str)
-        numeric = isinstance(value, (*_NUMBER_TYPES, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
-        if self.lengths and isinstance(value, (list, tuple)):
-            return True
-        return numeric
-
     def check(self, method: str, name: str, value: Any) -> None:
         """Raise ParameterError naming the parameter, the value and what is accepted."""
         if value is None and self.optional:
-            return
-        if self.open and not self._of_type(value):
             return
         if self._scalar_ok(value):
             return
@@ -202,7 +183,7 @@ def _declared(function: Callable, declared: Mapping[str, Param]) -> dict[str, Pa
         optional = spec.optional if spec.optional is not None else \
             (implied.optional if implied else parameter.default is None)
         out[name] = Param(type=kind, min=spec.min, max=spec.max, open_min=spec.open_min, open_max=spec.open_max,
-                          choices=spec.choices, lengths=spec.lengths, optional=optional, open=spec.open)
+                          choices=spec.choices, lengths=spec.lengths, optional=optional)
     unknown = set(declared) - set(out)
     if unknown:
         raise TypeError(f"{function.__name__} declares Param for unknown parameters {sorted(unknown)}")
