@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import blackbox
 from blackbox.cli import main
-from blackbox.errors import UnsupportedOpError
+from blackbox.errors import ModelError, UnsupportedOpError
 from blackbox.graph.autodiff import build_gradient_model
 from conftest import MODELS
 from helpers import save
@@ -35,9 +35,10 @@ def _front(rng):
     return nodes, inits
 
 
-def _model(nodes, inits, head_input: str, rng, channels: int = 4):
+def _model(nodes, inits, head_input: str, rng, channels: int = 4, pool: str = "ReduceMean"):
     inits = inits + [numpy_helper.from_array(rng.normal(size=(4, channels)).astype(np.float32), "fc")]
-    nodes = nodes + [helper.make_node("ReduceMean", [head_input], ["g"], axes=[2, 3], keepdims=1),
+    attrs = {"axes": [2, 3], "keepdims": 1} if pool == "ReduceMean" else {}
+    nodes = nodes + [helper.make_node(pool, [head_input], ["g"], **attrs),
                      helper.make_node("Flatten", ["g"], ["f"]),
                      helper.make_node("Gemm", ["f", "fc"], ["logits"], transB=1)]
     graph = helper.make_graph(nodes, "cf", [helper.make_tensor_value_info("pixels", F, ["N", 3, 16, 16])],
@@ -61,7 +62,9 @@ def if_on_path_model():
 
 
 def loop_on_path_model():
-    """logits depend on x only through a Loop body that reads the outer-scope "r"."""
+    """logits depend on x only through a Loop body that reads the outer-scope "r". Shape inference
+    loses the rank of the Loop's output, so the GlobalAveragePool rule after it could not run: the
+    refusal must name the Loop (the first node without a rule, in forward order), not that rule."""
     rng = np.random.default_rng(1)
     nodes, inits = _front(rng)
     inits += [numpy_helper.from_array(np.array(2, np.int64), "trips"),
@@ -74,7 +77,7 @@ def loop_on_path_model():
         [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), helper.make_tensor_value_info("acc_out", F, None)])
     inits.append(numpy_helper.from_array(np.zeros((1, 4, 16, 16), np.float32), "acc0"))
     nodes.append(helper.make_node("Loop", ["trips", "go", "acc0"], ["summed"], body=body))
-    return _model(nodes, inits, "summed", rng)
+    return _model(nodes, inits, "summed", rng, pool="GlobalAveragePool")
 
 
 def if_on_shape_path_model():
@@ -159,3 +162,23 @@ def test_if_on_an_integer_side_path_matches_finite_differences(tmp_path):
     loaded = blackbox.load(str(save(model, tmp_path / "side.onnx")))
     sal = blackbox.explain(loaded, x[0], "saliency", target=0)
     assert np.abs(sal.model_heatmap).max() > 0
+
+
+def test_dequantize_refuses_a_subgraph_reading_a_quantized_tensor():
+    """The float copy renames quantized activations; a branch reading one by its old name would break."""
+    from blackbox.graph.precision import dequantize
+
+    inits = [numpy_helper.from_array(np.float32(0.05), "s"), numpy_helper.from_array(np.uint8(128), "zp"),
+             numpy_helper.from_array(np.float32(0), "zero")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["q"]),
+             helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0),
+             helper.make_node("Greater", ["total", "zero"], ["c"]),
+             helper.make_node("If", ["c"], ["qb"], then_branch=_branch("then", "Identity", "q", TensorProto.UINT8),
+                              else_branch=_branch("else", "Identity", "q", TensorProto.UINT8)),
+             helper.make_node("DequantizeLinear", ["qb", "s", "zp"], ["y"])]
+    graph = helper.make_graph(nodes, "qif", [helper.make_tensor_value_info("x", F, [1, 4])],
+                              [helper.make_tensor_value_info("y", F, [1, 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])  # a valid model
+    with pytest.raises(ModelError, match="subgraph reads a quantized tensor"):
+        dequantize(model)

@@ -27,8 +27,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import ModelError
 from .autodiff.errors import AGNOSTIC_HINT
-from .onnx_utils import (DEFAULT_DOMAINS, STE_MARK, ConstantValues, FreshNames, default_opset, get_attr,
-                         value_types)
+from .onnx_utils import (DEFAULT_DOMAINS, STE_MARK, ConstantValues, FreshNames, all_inputs, default_opset,
+                         get_attr, outer_references, value_types)
 
 _HALF = (TensorProto.FLOAT16, TensorProto.BFLOAT16)
 _MS = "com.microsoft"
@@ -226,30 +226,35 @@ class _Dequantizer:
 
     # --------------------------------------------------------------------------------------- walk
     def run(self) -> onnx.ModelProto:
-        g = self.model.graph
+        """Rewrite every node, then make the graph's outputs, initializers and opsets match."""
+        g, m = self.model.graph, self.model
         for node in g.node:
             self.visit(node)
-        m = self.model
-        outputs = []
-        for o in g.output:
-            if o.name in self.floated:
-                f = self.floated[o.name][0]
-                new_name = o.name
-                self.emit("Identity", [f], [new_name])
-                vi = onnx.ValueInfoProto()
-                vi.CopyFrom(o)
-                vi.type.tensor_type.elem_type = TensorProto.FLOAT
-                outputs.append(vi)
-            else:
-                outputs.append(o)
+        outputs = [self._float_output(o) for o in g.output]
         del g.output[:]
         g.output.extend(outputs)
         del g.node[:]
         g.node.extend(self.nodes)
         g.initializer.extend(self.new_inits)
         del g.value_info[:]
-        # drop what nothing uses any more (quantized weights, zero points)
-        used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+        self._drop_unused()
+        m.metadata_props.add(key="blackbox.precision", value=f"dequantized-{self.rounding.replace('_', '-')}")
+        return m
+
+    def _float_output(self, o: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
+        """A quantized graph output becomes its float value under the same name."""
+        if o.name not in self.floated:
+            return o
+        self.emit("Identity", [self.floated[o.name][0]], [o.name])
+        vi = onnx.ValueInfoProto()
+        vi.CopyFrom(o)
+        vi.type.tensor_type.elem_type = TensorProto.FLOAT
+        return vi
+
+    def _drop_unused(self) -> None:
+        """Drop what nothing uses any more (quantized weights, zero points, their opset imports)."""
+        m, g = self.model, self.model.graph
+        used = {i for n in g.node for i in all_inputs(n)} | {o.name for o in g.output}
         keep = [t for t in g.initializer if t.name in used]
         del g.initializer[:]
         g.initializer.extend(keep)
@@ -257,11 +262,9 @@ class _Dequantizer:
         del g.input[:]
         g.input.extend(inputs)
         domains = {n.domain for n in g.node}
-        ops = [o for o in m.opset_import if o.domain in ("", "ai.onnx") or o.domain in domains]
+        ops = [o for o in m.opset_import if o.domain in DEFAULT_DOMAINS or o.domain in domains]
         del m.opset_import[:]
         m.opset_import.extend(ops)
-        m.metadata_props.add(key="blackbox.precision", value=f"dequantized-{self.rounding.replace('_', '-')}")
-        return m
 
     def visit(self, node: onnx.NodeProto) -> None:
         """Rewrite one node through its handler (:data:`_HANDLERS`), or :meth:`other` for ops without one."""
@@ -400,6 +403,8 @@ class _Dequantizer:
         touched = [i for i in node.input if i in self.floated]
         if any(i in self.acc_float for i in node.input):
             raise self.error(node, "integer accumulator used by something other than Cast")
+        if any(i in self.floated or i in self.acc_float for i in outer_references(node)):
+            raise self.error(node, "a subgraph reads a quantized tensor")
         if not touched:
             self.nodes.append(node)
             return
