@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .errors import BlackboxError
+from .files import jsonable, write_atomic
 from .image_io import write_png_atomic
 from .render import overlay
 
@@ -59,24 +60,16 @@ class Explanation:
         for key, value in self.extras.items():
             if isinstance(value, np.ndarray):
                 arrays[f"extra_{key}"] = value
-        handle, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "wb") as stream:
-                np.savez_compressed(stream, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        write_atomic(path, lambda stream: np.savez_compressed(stream, **arrays), error=BlackboxError)
         return path
 
     def summary(self) -> dict[str, Any]:
         """JSON-friendly facts about this explanation (no arrays)."""
-        extras = {k: _jsonable(v) for k, v in self.extras.items() if not isinstance(v, np.ndarray)}
+        extras = {k: jsonable(v, max_array=64) for k, v in self.extras.items() if not isinstance(v, np.ndarray)}
         return {
             "source": self.source, "method": self.method, "target": int(self.target), "label": self.label,
             "target_score": float(self.target_score), "score": self.score,
-            "params": {k: _jsonable(v) for k, v in self.params.items()}, "n_evals": int(self.n_evals),
+            "params": {k: jsonable(v, max_array=64) for k, v in self.params.items()}, "n_evals": int(self.n_evals),
             "seconds": round(float(self.seconds), 4), "attributions_shape": list(self.attributions.shape),
             "heatmap_shape": list(self.heatmap.shape), "notes": list(self.notes), **({"extras": extras} if extras else {}),
         }
@@ -86,18 +79,3 @@ class Explanation:
                 f"{self.score}={self.target_score:.4g}, heatmap={self.heatmap.shape}, n_evals={self.n_evals}, "
                 f"seconds={self.seconds:.2f})")
 
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, np.ndarray):
-        return value.tolist() if value.size <= 64 else f"array{list(value.shape)}"
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return repr(value)
