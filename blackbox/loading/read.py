@@ -14,6 +14,7 @@ import onnx
 from onnx.external_data_helper import load_external_data_for_model, uses_external_data
 
 from ..errors import ModelError
+from ..files import check_input_file
 from ..graph.onnx_utils import dims, real_inputs
 
 # Op domains ONNX Runtime's standard build implements (contrib ops live in com.microsoft).
@@ -27,13 +28,11 @@ MAX_INPUT_VALUES = 8192 * 8192 * 3
 
 def read_onnx(path: Path) -> onnx.ModelProto:
     """Read and check an ONNX file (with its external data, only from inside the model's folder)."""
-    _check_model_file(path)
+    check_input_file(path, "model file", error=ModelError)
     try:
         data = path.read_bytes()
     except OSError as error:
         raise ModelError(f"cannot read model file {path}: {error.strerror}; check its permissions") from None
-    if not data:
-        raise ModelError(f"model file is empty: {path}")
     try:
         model = onnx.load_model_from_string(data)
     except Exception:  # noqa: BLE001 - protobuf raises several types for garbage
@@ -43,25 +42,6 @@ def read_onnx(path: Path) -> onnx.ModelProto:
     _load_external_data(model, path.parent)
     check_graph(model, str(path))
     return model
-
-
-def _check_model_file(path: Path) -> None:
-    try:
-        from ..files import check_input_file
-    except ImportError:  # pragma: no cover - files.py is the one place for these checks once present
-        check_input_file = None
-    if check_input_file is not None:
-        try:
-            check_input_file(path, "model file")
-        except ModelError:
-            raise
-        except Exception as error:  # the shared check raises the image flavour of the error class
-            raise ModelError(str(error)) from None
-        return
-    if not path.exists():
-        raise ModelError(f"model file not found: {path}")
-    if not path.is_file():
-        raise ModelError(f"model path is not a file: {path}")
 
 
 def check_graph(model: onnx.ModelProto, what: str = "the model") -> None:

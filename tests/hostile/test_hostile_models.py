@@ -198,7 +198,7 @@ def _truncated(tmp_path):
 
 
 CRAFTED = {
-    "empty-file": (lambda tmp: b"", ["empty"]),
+    "empty-file": (lambda tmp: b"", ["empty (0 bytes)"]),
     "garbage": (lambda tmp: bytes(range(256)) * 40, ["not an ONNX model"]),
     "truncated": (_truncated, ["not an ONNX model"]),
     "png-renamed": (lambda tmp: (Path(__file__).resolve().parents[2] / "models" / "samples" / "star.png").read_bytes(),
@@ -243,7 +243,7 @@ def test_names_the_model_does_not_have(tmp_path, args, mentions):
 
 
 def test_model_path_is_a_folder_or_missing(tmp_path):
-    for target, word in ((tmp_path, "not a file"), (tmp_path / "nope.onnx", "not found")):
+    for target, word in ((tmp_path, "is a folder"), (tmp_path / "nope.onnx", "not found")):
         before = snapshot(tmp_path)
         assert_user_error(run_cli(["info", target], cwd=tmp_path), mentions=[word], before=before, folders=[tmp_path])
 
