@@ -90,15 +90,14 @@ def _check_out(folder: str) -> None:
 
 
 def _check_images(paths: Sequence[str]) -> None:
-    """Each image is a readable regular file, checked before the model is loaded."""
+    """Each image is a readable regular file, checked before the model is loaded; a folder gets a pointer
+    to ``blackbox report``, which takes folders."""
+    from .files import check_input_file
+
     for path in paths:
-        item = Path(path)
-        if item.is_dir():
+        if Path(path).is_dir():
             raise ImageError(f"{path} is a folder; pass image files (or use 'blackbox report' for folders)")
-        if not item.exists():
-            raise ImageError(f"image file not found: {path}")
-        if not item.is_file():
-            raise ImageError(f"{path} is not a regular file; pass image files")
+        check_input_file(path, "image file", error=ImageError)
 
 
 def _model_arguments(parser: argparse.ArgumentParser) -> None:

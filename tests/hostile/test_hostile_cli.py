@@ -57,6 +57,7 @@ def user(tmp_path: Path) -> Path:
     (folder / "evil.txt").write_text(f"circle{ESCAPES}\nsquare\ntriangle\nstar\n")
     (folder / "empty.txt").write_text("\n\n")
     (folder / "notes.txt").write_text("my own notes\n")
+    (folder / "blank.png").write_bytes(b"")
     (folder / "model.onnx").write_text("this is not an ONNX model\n")
     (folder / "truncated.onnx").write_bytes((MODELS / "shapes.onnx").read_bytes()[:300])
     return folder
@@ -126,6 +127,7 @@ IN_PROCESS = {
     "explain a folder": (["explain", SHAPES, "{user}/other", "--out", "{user}/out"], ["folder", "blackbox report"]),
     "predict a folder": (["predict", SHAPES, "{user}/other"], ["folder"]),
     "missing image": (_explain()[:2] + ["{user}/nothing.png", "--out", "{user}/out"], ["not found", "nothing.png"]),
+    "empty image file": (["explain", SHAPES, "{user}/blank.png", "--out", "{user}/out"], ["blank.png", "empty"]),
     "device file as image": (["explain", SHAPES, "/dev/null", "--out", "{user}/out"], ["/dev/null", "regular file"]),
     "two images, one output name": (_explain()[:3] + ["{user}/other/star.png", "--out", "{user}/out"],
                                     ["star_occlusion"]),
