@@ -43,10 +43,10 @@ def flat_map_notes(heatmap: np.ndarray) -> list[str]:
         return []  # NaN maps are the numerical checks' business
     if not finite.any():
         return ["the map is all zero: the score did not respond to this method's changes (a saturated or tied "
-                "class, or a dead layer); try another method, score='logit' or another target"]
+                "class, or a dead layer); try another method, score or target"]
     if np.ptp(finite) <= 1e-12 * max(1.0, float(np.abs(finite).max())):
         return [f"the map is constant ({float(finite[0]):.4g} everywhere): it ranks no pixel above another; try "
-                "another method, score='logit' or another target"]
+                "another method, score or target"]
     return []
 
 
