@@ -46,11 +46,13 @@ class Device:
 def _tiny_model() -> bytes:
     from onnx import TensorProto, helper
 
+    from .graph.onnx_utils import OWN_IR_VERSION
+
     node = helper.make_node("Relu", ["x"], ["y"])
     graph = helper.make_graph([node], "probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
+    model.ir_version = OWN_IR_VERSION
     return model.SerializeToString()
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from .onnx_utils import const, finish_model, initializer_names
+from .onnx_utils import OWN_IR_VERSION, const, finish_model, initializer_names
 
 PREFIX = "blackbox/"
 SCORES = PREFIX + "scores"
@@ -202,7 +202,7 @@ def mask_graph(spec: ImageInput, *, mode: str) -> onnx.ModelProto:
     b.op("Reshape", [blended, shape], "image", output=X)
     graph = helper.make_graph(b.nodes, "blackbox_masks", inputs, [_image_value(X, spec)], b.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="blackbox")
-    model.ir_version = 8
+    model.ir_version = OWN_IR_VERSION
     return model
 
 

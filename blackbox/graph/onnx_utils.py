@@ -8,6 +8,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 # onnxruntime 1.31 accepts IR versions up to 13; the onnx package writes 14 unless told otherwise.
 MAX_IR_VERSION = 10
+# graphs blackbox builds from scratch (opset 13): IR 8 is what that opset needs and every ORT accepts
+OWN_IR_VERSION = 8
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 

@@ -30,11 +30,10 @@ import onnx.version_converter
 from onnx import TensorProto, helper, numpy_helper
 
 from ...errors import ModelError
-from ..onnx_utils import MAX_IR_VERSION, all_inputs, default_opset, get_attr, value_types
+from ..onnx_utils import MAX_IR_VERSION, OWN_IR_VERSION, all_inputs, default_opset, get_attr, value_types
 from .errors import AGNOSTIC_HINT
 
 MIN_OPSET = 16
-MIN_IR_VERSION = 8
 
 # Float-valued ops whose constant folding is pure data movement (or exact arithmetic on weights), so
 # folding them cannot change results. Ops with integer outputs are always folded when their inputs are.
@@ -117,7 +116,7 @@ def prepare(model: onnx.ModelProto, *, outputs: Sequence[str]) -> onnx.ModelProt
             ) from None
     needed_ir = helper.find_min_ir_version_for(list(m.opset_import), ignore_unknown=True)
     # at least what the opsets need (and IR 8); never lowered, never raised past what ORT reads
-    m.ir_version = max(int(m.ir_version), min(max(MIN_IR_VERSION, needed_ir), MAX_IR_VERSION))
+    m.ir_version = max(int(m.ir_version), min(max(OWN_IR_VERSION, needed_ir), MAX_IR_VERSION))
 
     g = m.graph
     # Weights listed as graph inputs (IR < 4, or overridable defaults) are constants here.
