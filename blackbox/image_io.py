@@ -11,16 +11,35 @@ Decisions (kept here so every caller agrees):
 - EXIF orientation is applied (JPEG APP1 and PNG eXIf) by reading the tag ourselves: OpenCV applies
   it only when it also drops alpha and depth (IMREAD_COLOR), and ignores it with IMREAD_UNCHANGED.
 - Every failure is an :class:`~blackbox.errors.ImageError` with one line; no cv2 traceback escapes.
+- Size limits are checked from the file's header **before** decoding (PNG IHDR, JPEG SOF, BMP, GIF, WebP,
+  TIFF, PNM headers are read here; for any other format OpenCV's own limit ``OPENCV_IO_MAX_IMAGE_PIXELS``
+  is set to ours and the size is checked again after decoding). A picture may have at most
+  :data:`MAX_PIXELS` pixels (PIL's default decompression-bomb limit, 89,478,485 = 2**30 / 12; override with
+  the ``BLACKBOX_MAX_IMAGE_PIXELS`` environment variable) and a long:short side ratio of at most
+  :data:`MAX_ASPECT` (50:1, override with ``BLACKBOX_MAX_IMAGE_ASPECT``): a 96-byte 1 x 5000 PNG is not a
+  photo, and every map of it blown up to something visible would be gigabytes.
 """
 
 from __future__ import annotations
 
 import os
-import secrets
 import struct
 from pathlib import Path
 
-import cv2
+def _limit_from_env(name: str, default: int) -> int:
+    try:
+        value = int(os.environ.get(name, ""))
+    except ValueError:
+        return default
+    return value if value > 0 else default
+
+
+MAX_PIXELS = _limit_from_env("BLACKBOX_MAX_IMAGE_PIXELS", 89_478_485)
+MAX_ASPECT = _limit_from_env("BLACKBOX_MAX_IMAGE_ASPECT", 50)
+# OpenCV reads this once, at its first decode: formats we do not parse stop inside the decoder too
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_PIXELS))
+
+import cv2  # noqa: E402
 
 # OpenCV logs decoder complaints on stderr before we can say it better in one line: keep it quiet.
 try:
@@ -30,8 +49,10 @@ except AttributeError:  # pragma: no cover - very old OpenCV builds
 import numpy as np
 
 from .errors import ImageError
+from .files import check_input_file, write_atomic
 
-__all__ = ["read_image", "as_rgb_array", "write_png_atomic", "exif_orientation"]
+__all__ = ["read_image", "as_rgb_array", "write_png_atomic", "exif_orientation", "header_size", "check_size",
+           "MAX_PIXELS", "MAX_ASPECT"]
 
 _ALPHA_MODES = ("drop", "white")
 
@@ -123,6 +144,111 @@ def _apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(img)
 
 
+# ------------------------------------------------------------------------------------- header sizes
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:
+            i += 1
+            continue
+        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        if marker in (0xDA, 0xD9):
+            return None
+        (length,) = struct.unpack(">H", data[i + 2 : i + 4])
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # start of frame
+            if i + 9 > n:
+                return None
+            height, width = struct.unpack(">HH", data[i + 5 : i + 9])
+            return height, width
+        i += 2 + length
+    return None
+
+
+def _tiff_size(data: bytes) -> tuple[int, int] | None:
+    e = "<" if data[:2] == b"II" else ">"
+    try:
+        ifd = struct.unpack(e + "I", data[4:8])[0]
+        (count,) = struct.unpack(e + "H", data[ifd : ifd + 2])
+        found = {}
+        for k in range(count):
+            p = ifd + 2 + 12 * k
+            tag, typ = struct.unpack(e + "HH", data[p : p + 4])
+            if tag in (256, 257):
+                found[tag] = struct.unpack(e + ("H" if typ == 3 else "I"), data[p + 8 : p + (10 if typ == 3 else 12)])[0]
+        if 256 in found and 257 in found:
+            return found[257], found[256]
+    except (struct.error, IndexError):
+        return None
+    return None
+
+
+def _pnm_size(data: bytes) -> tuple[int, int] | None:
+    fields: list[int] = []
+    text = data[2:512].split(b"\n")
+    for line in text:
+        line = line.split(b"#")[0]
+        for token in line.split():
+            if not token.isdigit():
+                return None
+            fields.append(int(token))
+            if len(fields) == 2:
+                return fields[1], fields[0]
+    return None
+
+
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(height, width) a file's header claims, read without decoding; None for formats not parsed here."""
+    try:
+        if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
+            width, height = struct.unpack(">II", data[16:24])
+            return height, width
+        if data[:2] == b"\xff\xd8":
+            return _jpeg_size(data)
+        if data[:2] == b"BM" and len(data) >= 26:
+            width, height = struct.unpack("<ii", data[18:26])
+            return abs(height), abs(width)
+        if data[:6] in (b"GIF87a", b"GIF89a"):
+            width, height = struct.unpack("<HH", data[6:10])
+            return height, width
+        if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+            kind = data[12:16]
+            if kind == b"VP8 " and len(data) >= 30:
+                width, height = struct.unpack("<HH", data[26:30])
+                return height & 0x3FFF, width & 0x3FFF
+            if kind == b"VP8L" and len(data) >= 25:
+                bits = int.from_bytes(data[21:25], "little")
+                return ((bits >> 14) & 0x3FFF) + 1, (bits & 0x3FFF) + 1
+            if kind == b"VP8X" and len(data) >= 30:
+                return int.from_bytes(data[27:30], "little") + 1, int.from_bytes(data[24:27], "little") + 1
+            return None
+        if data[:4] in (b"II*\x00", b"MM\x00*"):
+            return _tiff_size(data)
+        if data[:1] == b"P" and data[1:2] in b"123456" and data[1:2]:
+            return _pnm_size(data)
+    except struct.error:
+        return None
+    return None
+
+
+def check_size(height: int, width: int, what: str) -> None:
+    """Refuse pictures over :data:`MAX_PIXELS` pixels or more elongated than :data:`MAX_ASPECT`:1."""
+    if height <= 0 or width <= 0:
+        raise ImageError(f"{what} claims a size of {width}x{height} pixels; re-export it")
+    if height * width > MAX_PIXELS:
+        raise ImageError(f"{what} is {width}x{height} = {height * width:,} pixels, over the limit of "
+                         f"{MAX_PIXELS:,}; shrink it (or raise BLACKBOX_MAX_IMAGE_PIXELS if you trust the file)")
+    if max(height, width) > MAX_ASPECT * min(height, width):
+        raise ImageError(f"{what} is {width}x{height} pixels, more elongated than {MAX_ASPECT}:1; crop it "
+                         "(or raise BLACKBOX_MAX_IMAGE_ASPECT)")
+
+
 # ------------------------------------------------------------------------------------ normalisation
 
 
@@ -130,8 +256,12 @@ def _to_uint8(img: np.ndarray, what: str) -> np.ndarray:
     """Scale any supported depth to uint8 with rounding (16-bit: v*255/65535; float: 0..1)."""
     if img.dtype == np.uint8:
         return img
-    if img.dtype == np.uint16:
-        return ((img.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    if img.dtype == np.uint16:  # in row blocks: a uint32 copy of a whole large picture is 2x its size
+        out = np.empty(img.shape, np.uint8)
+        rows = max(1, (1 << 20) // max(1, img[0].size))
+        for r in range(0, img.shape[0], rows):
+            out[r : r + rows] = (img[r : r + rows].astype(np.uint32) * 255 + 32767) // 65535
+        return out
     if img.dtype in (np.float32, np.float64):
         if not np.all(np.isfinite(img)):
             raise ImageError(f"{what} has NaN or infinite pixels; save it as an 8-bit PNG or JPEG")
@@ -175,19 +305,14 @@ def read_image(path: str | os.PathLike, *, alpha: str = "drop") -> np.ndarray:
 
     ``alpha``: "drop" (default; like PIL ``convert("RGB")``) or "white" (composite over white).
     """
-    if not isinstance(path, (str, os.PathLike)):
-        raise ImageError(f"expected an image file path, got {type(path).__name__}")
-    p = Path(path)
-    if not p.exists():
-        raise ImageError(f"image file not found: {p}; check the path")
-    if p.is_dir():
-        raise ImageError(f"{p} is a folder, not an image file; pass the path of one image")
+    p = check_input_file(path, "image file", error=ImageError)
     try:
         data = p.read_bytes()
     except OSError as e:
         raise ImageError(f"cannot read image file {p}: {e.strerror or e}; check its permissions") from None
-    if not data:
-        raise ImageError(f"image file {p} is empty (0 bytes); re-export or re-download it")
+    claimed = header_size(data)
+    if claimed is not None:
+        check_size(*claimed, f"image file {p}")
     try:
         img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error:
@@ -199,6 +324,7 @@ def read_image(path: str | os.PathLike, *, alpha: str = "drop") -> np.ndarray:
     if img.size == 0 or img.shape[0] == 0 or img.shape[1] == 0:
         raise ImageError(f"image file {p} has no pixels (size {img.shape[:2]}); re-export it")
     what = f"image file {p}"
+    check_size(img.shape[0], img.shape[1], what)
     img = _to_uint8(img, what)
     gray_file = data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 25 and data[25] in (0, 4)
     img = _channels_to_rgb(img, bgr=True, gray_file=gray_file, alpha=alpha, what=what)
@@ -233,7 +359,7 @@ def as_rgb_array(image: np.ndarray, *, alpha: str = "drop") -> np.ndarray:
 
 def write_png_atomic(path: str | os.PathLike, rgb_uint8: np.ndarray) -> None:
     """Write an RGB (H x W x 3), RGBA (x 4) or gray (H x W [x 1]) uint8 PNG without ever leaving a
-    half-written file: encode in memory, write a temp file in the same folder, then os.replace."""
+    half-written file: encode in memory, then :func:`blackbox.files.write_atomic`."""
     img = np.asarray(rgb_uint8)
     if img.dtype != np.uint8:
         raise ImageError(f"PNG pixels must be uint8, got {img.dtype}")
@@ -253,26 +379,4 @@ def write_png_atomic(path: str | os.PathLike, rgb_uint8: np.ndarray) -> None:
         ok = False
     if not ok:
         raise ImageError(f"OpenCV could not encode the {img.shape} image as PNG")
-    target = Path(path)
-    folder = target.parent
-    tmp = None
-    try:
-        # O_EXCL with a random name instead of mkstemp: the umask then gives the usual permissions
-        tmp = folder / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-        with os.fdopen(fd, "wb") as f:
-            f.write(buf.tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-        tmp = None
-    except OSError as e:
-        raise ImageError(
-            f"cannot write PNG {target}: {e.strerror or e}; check that the folder exists and is writable"
-        ) from None
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+    write_atomic(path, buf.tobytes(), error=ImageError)

@@ -158,15 +158,37 @@ class Geometry:
         """
         m = self._check(map_hw, self.model_size, "model-resolution")
         out_dtype = np.result_type(m.dtype, np.float32)
-        m = m.astype(np.float64, copy=False)
         (h0, w0), (rh, rw), (top, left), (h, w) = (
             self.original_size, self.resized_size, self.crop_offset, self.model_size,
         )
         iy, wy = _axis_taps(h0, h, -float(top), rh / h0)
         ix, wx = _axis_taps(w0, w, -float(left), rw / w0)
-        # columns first on the small map, then whole-row gathers (contiguous) for the large output
-        out = _resample_axis(_resample_axis(m, ix, wx, 1), iy, wy, 0)
-        return out.astype(out_dtype, copy=False)
+        # columns first on the small map (h x W0, in float64), then the large output row block by row
+        # block, written straight into one array of the result's dtype: the original picture's size costs
+        # one copy, never float64 temporaries of it
+        narrow = _resample_axis(m.astype(np.float64, copy=False), ix, wx, 1)
+        out = np.empty((h0,) + narrow.shape[1:], dtype=out_dtype)
+        rows = max(1, (1 << 20) // max(1, narrow[0].size))
+        for r in range(0, h0, rows):
+            out[r : r + rows] = _resample_axis(narrow, iy[r : r + rows], wy[r : r + rows], 0)
+        return out
+
+    def seen(self) -> np.ndarray:
+        """Bool H0 x W0: the picture pixels inside the model's crop (what ``to_image`` of a map of ones
+        puts above 0.5), computed from the geometry without a float map of the picture's size."""
+        (h0, w0), (rh, rw), (top, left), (h, w) = (
+            self.original_size, self.resized_size, self.crop_offset, self.model_size,
+        )
+        rows = self.to_image_axis(h0, h, top, rh) > 0.5
+        cols = self.to_image_axis(w0, w, left, rw) > 0.5
+        return rows[:, None] & cols[None, :]
+
+    @staticmethod
+    def to_image_axis(n0: int, n: int, offset: int, resized: int) -> np.ndarray:
+        """One axis of ``to_image`` applied to a map of ones: the fraction of each picture row (column)
+        the model saw."""
+        idx, weights = _axis_taps(n0, n, -float(offset), resized / n0)
+        return weights.sum(axis=1)
 
     def to_model(self, map_h0w0: np.ndarray) -> np.ndarray:
         """Map a picture-resolution map (mask, heat map) onto the model input (H x W [x C]): the same
