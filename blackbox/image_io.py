@@ -51,7 +51,7 @@ import numpy as np
 from .errors import ImageError
 from .files import check_input_file, write_atomic
 
-__all__ = ["read_image", "as_rgb_array", "write_png_atomic", "exif_orientation", "header_size", "check_size",
+__all__ = ["read_image", "as_rgb_array", "write_png_atomic", "exif_orientation", "header_size", "check_size", "picture_size",
            "MAX_PIXELS", "MAX_ASPECT"]
 
 _ALPHA_MODES = ("drop", "white")
@@ -380,3 +380,19 @@ def write_png_atomic(path: str | os.PathLike, rgb_uint8: np.ndarray) -> None:
     if not ok:
         raise ImageError(f"OpenCV could not encode the {img.shape} image as PNG")
     write_atomic(path, buf.tobytes(), error=ImageError)
+
+
+def picture_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(height, width) of the upright picture in an image file, from its header when blackbox parses the
+    format (no decode), else by decoding it; the same limits and one-line errors as :func:`read_image`."""
+    p = check_input_file(path, "image file", error=ImageError)
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise ImageError(f"cannot read image file {p}: {e.strerror or e}; check its permissions") from None
+    claimed = header_size(data)
+    if claimed is None:
+        return read_image(p).shape[:2]
+    check_size(*claimed, f"image file {p}")
+    height, width = claimed
+    return (width, height) if exif_orientation(data) >= 5 else (height, width)

@@ -11,8 +11,13 @@ DIR/results.json, results.csv, index.html   regenerated at the end from the item
 ```
 
 ``resume=True`` skips an item whose record says ``ok`` for the same configuration (a hash of the model,
-preprocessing, labels, method, parameters, target, seed, metrics and truth) and whose files exist; failed
-items are tried again. Every item is computed on its own with the same seed, so a resumed run gives the
+preprocessing, labels, method, parameters, target, seed, metrics and truth) and whose files still have the
+SHA-256 the record stored when they were written; failed items, and items whose files are missing,
+truncated or replaced, are done again (each redo is noted on stderr and in ``results.json``).
+
+One run at a time per folder: the run holds an exclusive ``flock`` on ``DIR/.blackbox-report.lock`` and a
+second run on the same folder refuses in one line. Temporaries are removed only when blackbox made them
+(its own name prefix) and the process that made them is gone. Every item is computed on its own with the same seed, so a resumed run gives the
 same numbers as an uninterrupted one.
 """
 
@@ -24,15 +29,21 @@ import io
 import json
 import math
 import os
-import secrets
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no advisory locks, one run at a time is on the user
+    fcntl = None
 import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import BlackboxError, ParameterError
+from ..files import check_input_file, jsonable, remove_stale_temporaries, sha256_file, write_atomic
+from ..text import printable
 from .inputs import Entry, expand_inputs, sibling_mask
 
 METRICS = ("deletion", "insertion", "pointing", "sanity")
@@ -90,6 +101,7 @@ class ReportSummary:
     out: Path
     records: list[dict[str, Any]]
     methods: dict[str, dict[str, Any]]
+    redone: list[dict[str, str]] = field(default_factory=list)  # resumed items done again, and why
 
     @property
     def failed(self) -> int:
@@ -158,37 +170,78 @@ def _resolve_csv_path(value: str, base: Path) -> str:
 def read_targets_csv(path: str) -> tuple[dict[str, Truth], dict[str, list[Truth]]]:
     """Columns ``image`` (required), ``target``, ``y0,x0,y1,x1`` (a box in picture pixels, pixel edges,
     half-open), ``mask`` (a truth mask file, non-zero = object). Relative paths are relative to the CSV's
-    folder. Returns lookups by resolved path and by file name."""
-    csv_path = Path(path)
+    folder. Returns lookups by resolved path and by file name.
+
+    Everything is checked here, before any work, each mistake one line naming the row: a file that is not
+    UTF-8 text, rows with more or fewer cells than the header, a box that is not four finite numbers with
+    y0 < y1 and x0 < x1 inside the picture, an image or mask file that does not exist."""
+    csv_path = check_input_file(path, "--targets-csv file", error=ParameterError)
     try:
         text = csv_path.read_text(encoding="utf-8-sig")
     except OSError as error:
         raise ParameterError(f"cannot read --targets-csv {path}: {error.strerror or error}") from None
-    reader = csv.DictReader(io.StringIO(text))
-    columns = {c.strip().lower() for c in (reader.fieldnames or [])}
+    except UnicodeDecodeError as error:
+        raise ParameterError(f"--targets-csv {path} is not UTF-8 text (byte {error.start}); save it as a UTF-8 "
+                             "CSV") from None
+    if "\x00" in text:
+        raise ParameterError(f"--targets-csv {path} contains NUL bytes: it is a binary file, not a CSV")
+    reader = csv.reader(io.StringIO(text))
+    try:
+        header = next(reader, None)
+        rows = [(reader.line_num, cells) for cells in reader]
+    except csv.Error as error:
+        raise ParameterError(f"--targets-csv {path} line {reader.line_num}: {error}") from None
+    columns = [c.strip().lower() for c in (header or [])]
     if "image" not in columns:
         raise ParameterError(f"--targets-csv {path} needs an 'image' column (and optionally target, "
                              "y0,x0,y1,x1, mask)")
     by_path: dict[str, Truth] = {}
     by_name: dict[str, list[Truth]] = {}
-    for line, row in enumerate(reader, start=2):
-        row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
+    for line, cells in rows:
+        if not any(c.strip() for c in cells):
+            continue  # blank line
+        if len(cells) != len(columns):
+            raise ParameterError(f"--targets-csv {path} line {line}: {len(cells)} cells but the header has "
+                                 f"{len(columns)} columns")
+        row = {k: v.strip() for k, v in zip(columns, cells)}
+        where = f"--targets-csv {path} line {line}"
         if not row.get("image"):
-            continue
+            raise ParameterError(f"{where}: the image cell is empty")
+        image = _resolve_csv_path(row["image"], csv_path.parent)
+        check_input_file(image, f"image file named in {where}:", error=ParameterError)
         box = None
         corners = [row.get(k, "") for k in ("y0", "x0", "y1", "x1")]
         if any(corners):
-            try:
-                box = tuple(float(v) for v in corners)
-            except ValueError:
-                raise ParameterError(f"--targets-csv {path} line {line}: box y0,x0,y1,x1 must be four numbers") \
-                    from None
-        truth = Truth(target=row.get("target") or None, box=box,
-                      mask=_resolve_csv_path(row["mask"], csv_path.parent) if row.get("mask") else None)
-        image = _resolve_csv_path(row["image"], csv_path.parent)
+            box = _check_box(corners, image, where)
+        mask = _resolve_csv_path(row["mask"], csv_path.parent) if row.get("mask") else None
+        if mask is not None:
+            check_input_file(mask, f"mask file named in {where}:", error=ParameterError)
+        truth = Truth(target=row.get("target") or None, box=box, mask=mask)
         by_path[os.path.realpath(image)] = truth
         by_name.setdefault(Path(row["image"]).name, []).append(truth)
     return by_path, by_name
+
+
+def _check_box(corners: Sequence[str], image: str, where: str) -> tuple[float, float, float, float]:
+    """Four finite numbers y0 < y1, x0 < x1 within the picture (whose size is read from its header)."""
+    from ..image_io import picture_size
+
+    try:
+        y0, x0, y1, x1 = (float(v) for v in corners)
+    except ValueError:
+        raise ParameterError(f"{where}: box y0,x0,y1,x1 must be four numbers") from None
+    if not all(math.isfinite(v) for v in (y0, x0, y1, x1)):
+        raise ParameterError(f"{where}: box y0,x0,y1,x1 has a NaN or infinite value")
+    if not (y0 < y1 and x0 < x1):
+        raise ParameterError(f"{where}: box needs y0 < y1 and x0 < x1, got {y0:g},{x0:g},{y1:g},{x1:g}")
+    try:
+        height, width = picture_size(image)
+    except BlackboxError as error:
+        raise ParameterError(f"{where}: {str(error)}") from None
+    if y0 < 0 or x0 < 0 or y1 > height or x1 > width:
+        raise ParameterError(f"{where}: box {y0:g},{x0:g},{y1:g},{x1:g} lies outside the {width}x{height} "
+                             "picture (y0,x0,y1,x1 are pixel edges, 0..height and 0..width)")
+    return y0, x0, y1, x1
 
 
 def _truth_for(entry: Entry, by_path: dict[str, Truth], by_name: dict[str, list[Truth]]) -> Truth:
@@ -206,55 +259,51 @@ def _truth_for(entry: Entry, by_path: dict[str, Truth], by_name: dict[str, list[
 # ------------------------------------------------------------------------------------------ writing
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write a text file under a temporary name in the same folder, fsync, then rename over ``path``."""
-    path = Path(path)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _clean(value: Any) -> Any:
-    """JSON-safe: numpy scalars to Python, NaN/inf to None, tuples to lists."""
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _clean(value.tolist())
-    if isinstance(value, (np.bool_, bool)):
-        return bool(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        value = float(value)
-        return value if math.isfinite(value) else None
-    if isinstance(value, (str, int)) or value is None:
-        return value
-    return repr(value)
+    """A UTF-8 text file, written with :func:`blackbox.files.write_atomic`."""
+    write_atomic(path, text, error=ParameterError)
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(_clean(value), indent=1, sort_keys=False, allow_nan=False)
+    return json.dumps(jsonable(value), indent=1, sort_keys=False, allow_nan=False)
 
 
-def _remove_stale_temporaries(folder: Path) -> None:
-    """Temporaries of a killed run (``.NAME.PID.HEX.tmp``) are garbage: no real file depends on them."""
-    if not folder.is_dir():
-        return
-    for root, _, files in os.walk(folder):
-        for name in files:
-            if name.startswith(".") and name.endswith(".tmp"):
-                try:
-                    os.unlink(os.path.join(root, name))
-                except OSError:
-                    pass
+LOCK_NAME = ".blackbox-report.lock"
+
+
+class _FolderLock:
+    """An exclusive, non-blocking ``flock`` on ``DIR/.blackbox-report.lock`` for the whole run. The kernel
+    drops it when the process dies, so a killed run never leaves the folder locked; the file (holding the
+    owner's PID, for the message) stays."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / LOCK_NAME
+        self.fd: int | None = None
+
+    def __enter__(self) -> "_FolderLock":
+        if fcntl is None:  # pragma: no cover
+            return self
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as error:
+            raise ParameterError(f"cannot create the lock file {self.path}: {error.strerror or error}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                owner = os.read(fd, 32).decode("ascii", "replace").strip() or "?"
+            finally:
+                os.close(fd)
+            raise ParameterError(f"another blackbox report is writing to {self.path.parent} (pid {owner}); "
+                                 "wait or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # releases the lock
+            self.fd = None
 
 
 def _safe_name(method: str) -> str:
@@ -313,7 +362,7 @@ def _config_hash(config: ReportConfig, model_facts: dict[str, Any], method: str,
              "seed": config.seed, "metrics": _metric_names(config, truth), "step": config.step,
              "tolerance": config.tolerance, "sanity": [config.sanity_mode, config.sanity_layers],
              "truth": [truth.box, truth.mask], "top": config.top, "colormap": config.colormap}
-    return hashlib.sha256(json.dumps(_clean(facts), sort_keys=True).encode()).hexdigest()[:20]
+    return hashlib.sha256(json.dumps(jsonable(facts), sort_keys=True).encode()).hexdigest()[:20]
 
 
 def _load_truth_regions(model: Any, sample: Any, truth: Truth) -> dict[str, Any]:
@@ -391,6 +440,7 @@ def _explain_item(model: Any, entry: Entry, method: str, config: ReportConfig, t
         "truth": {"target": truth.target, "box": truth.box, "mask": truth.mask,
                   "box_model": regions.get("box")},
         "files": {"overlay": f"items/{entry.key}/{stem}.png", "npz": f"items/{entry.key}/{stem}.npz"},
+        "sha256": {"overlay": sha256_file(item_dir / f"{stem}.png"), "npz": sha256_file(item_dir / f"{stem}.npz")},
     }
 
 
@@ -398,19 +448,31 @@ def _record_path(out: Path, entry: Entry, method: str) -> Path:
     return out / "items" / entry.key / f"{_safe_name(method)}.json"
 
 
-def _finished(out: Path, entry: Entry, method: str, digest: str) -> dict[str, Any] | None:
-    """The stored record when it is ok, made with the same configuration, and its files exist."""
+def _finished(out: Path, entry: Entry, method: str, digest: str) -> tuple[dict[str, Any] | None, str | None]:
+    """(record, None) when the stored record is ok, made with the same configuration, and every file it
+    names still has the SHA-256 stored with it; else (None, why it must be done again; None when there
+    is nothing to redo but a first run or a failure)."""
     path = _record_path(out, entry, method)
+    if not path.exists():
+        return None, None
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None
-    if record.get("status") != "ok" or record.get("config_hash") != digest:
-        return None
+        return None, "its record is unreadable"
+    if not isinstance(record, dict) or record.get("status") != "ok":
+        return None, None
+    if record.get("config_hash") != digest:
+        return None, "the configuration changed"
     files = record.get("files") or {}
-    if not all((out / rel).is_file() for rel in files.values()):
-        return None
-    return record
+    sums = record.get("sha256") or {}
+    for kind, rel in files.items():
+        target = out / str(rel)
+        if not target.is_file():
+            return None, f"its {kind} file is missing"
+        expected = sums.get(kind)
+        if not expected or sha256_file(target) != expected:
+            return None, f"its {kind} file does not match the checksum recorded when it was written"
+    return record, None
 
 
 def _error_text(error: BaseException) -> str:
@@ -455,7 +517,15 @@ def run_report(model: Any, inputs: Sequence[str] | Sequence[Entry], config: Repo
         (out / "items").mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise ParameterError(f"cannot create the output folder {out}: {error.strerror or error}") from None
-    _remove_stale_temporaries(out)
+    with _FolderLock(out):
+        remove_stale_temporaries(out)
+        return _run_locked(model, entries, config, out, by_path, by_name, progress)
+
+
+def _run_locked(model: Any, entries: list[Entry], config: ReportConfig, out: Path, by_path: dict[str, Truth],
+                by_name: dict[str, list[Truth]], progress: bool | None) -> ReportSummary:
+    """The run proper, while this process holds the folder's lock."""
+    redone: list[dict[str, str]] = []
     card = model_card(model, path=config.model_options.get("model"))
     facts = {"sha256": card["sha256"], "preprocess": card["preprocess"], "output": card["output"],
              "input": card["input"], "labels": _labels_digest(model)}
@@ -468,8 +538,16 @@ def run_report(model: Any, inputs: Sequence[str] | Sequence[Entry], config: Repo
         for entry in entries:
             truth = truths[entry.key]
             digests = {m: _config_hash(config, facts, m, truth) for m in config.methods}
-            todo = [m for m in config.methods
-                    if not (config.resume and _finished(out, entry, m, digests[m]) is not None)]
+            todo = []
+            for m in config.methods:
+                if config.resume:
+                    record, why = _finished(out, entry, m, digests[m])
+                    if record is not None:
+                        continue
+                    if why is not None:
+                        redone.append({"image": entry.path, "key": entry.key, "method": m, "reason": why})
+                        tqdm.write(f"blackbox: note: redoing {printable(entry.path)} [{m}]: {why}", file=sys.stderr)
+                todo.append(m)
             bar.update(len(config.methods) - len(todo))
             if not todo:
                 continue
@@ -503,8 +581,8 @@ def run_report(model: Any, inputs: Sequence[str] | Sequence[Entry], config: Repo
                 bar.update(1)
     records = collect_records(out, entries, config.methods)
     methods = method_summary(records, config.methods)
-    write_outputs(out, records, methods, config, card)
-    return ReportSummary(out=out, records=records, methods=methods)
+    write_outputs(out, records, methods, config, card, redone=redone)
+    return ReportSummary(out=out, records=records, methods=methods, redone=redone)
 
 
 def collect_records(out: Path, entries: Sequence[Entry], methods: Sequence[str]) -> list[dict[str, Any]]:
@@ -546,8 +624,9 @@ def method_summary(records: Sequence[dict[str, Any]], methods: Sequence[str]) ->
 
 
 def _csv_text(value: Any) -> str:
-    """Cells of untrusted text (labels, file names, errors) must not start a spreadsheet formula."""
-    text = "" if value is None else str(value)
+    """Cells of untrusted text (labels, file names, errors): control characters escaped (the CSV is read
+    in terminals too; results.json keeps the real text), and never the start of a spreadsheet formula."""
+    text = "" if value is None else printable(str(value))
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
@@ -559,7 +638,7 @@ def results_csv(records: Sequence[dict[str, Any]]) -> str:
         m = r.get("metrics") or {}
         files = r.get("files") or {}
         top = "; ".join(f"{t['label']}:{t['probability']:.4f}" for t in r.get("top") or [])
-        row = {"image": _csv_text(r.get("image")), "key": r.get("key"), "method": r.get("method"),
+        row = {"image": _csv_text(r.get("image")), "key": _csv_text(r.get("key")), "method": _csv_text(r.get("method")),
                "status": r.get("status"), "error": _csv_text(r.get("error")), "target": r.get("target"),
                "label": _csv_text(r.get("label")), "score": r.get("score"), "score_space": r.get("score_space"),
                "probability": r.get("probability"), "top_k": _csv_text(top),
@@ -574,17 +653,17 @@ def results_csv(records: Sequence[dict[str, Any]]) -> str:
 
 
 def write_outputs(out: Path, records: Sequence[dict[str, Any]], methods: dict[str, dict[str, Any]],
-                  config: ReportConfig, card: dict[str, Any]) -> None:
+                  config: ReportConfig, card: dict[str, Any], *, redone: Sequence[dict[str, str]] = ()) -> None:
     """results.json, results.csv and index.html from the records (each written atomically)."""
     from ..methods import METHODS
     from .html import render
 
     run = {"config": config.to_dict(), "command": config.command, "model": card,
-           "registered_methods": sorted(METHODS), "versions": _versions()}
+           "registered_methods": sorted(METHODS), "versions": _versions(), "redone": list(redone)}
     write_text_atomic(out / "results.json", _dumps({"run": run, "methods": methods, "results": list(records)}))
     write_text_atomic(out / "results.csv", results_csv(records))
-    write_text_atomic(out / "index.html", render(out, run=_clean(run), methods=_clean(methods),
-                                                 records=_clean(list(records))))
+    write_text_atomic(out / "index.html", render(out, run=jsonable(run), methods=jsonable(methods),
+                                                 records=jsonable(list(records))))
 
 
 def _versions() -> dict[str, str]:
