@@ -7,7 +7,6 @@ a file that declares a gigantic input cannot make the probe allocate it.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +14,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from harness import assert_user_error, run_cli, snapshot  # noqa: E402
-from helpers import conv_classifier, save  # noqa: E402
+from conftest import MODELS
+from harness import assert_user_error, run_cli, snapshot
+from helpers import conv_classifier, save
 
-import blackbox  # noqa: E402
-from blackbox.errors import ModelError, ParameterError  # noqa: E402
+import blackbox
+from blackbox.errors import ModelError, ParameterError
 
 
 def _graph_model(nodes, inputs, outputs, inits=(), opset=13, extra_opsets=()) -> onnx.ModelProto:
@@ -201,7 +200,7 @@ CRAFTED = {
     "empty-file": (lambda tmp: b"", ["empty (0 bytes)"]),
     "garbage": (lambda tmp: bytes(range(256)) * 40, ["not an ONNX model"]),
     "truncated": (_truncated, ["not an ONNX model"]),
-    "png-renamed": (lambda tmp: (Path(__file__).resolve().parents[2] / "models" / "samples" / "star.png").read_bytes(),
+    "png-renamed": (lambda tmp: (MODELS / "samples" / "star.png").read_bytes(),
                     ["not an ONNX model"]),
     "no-graph": (lambda tmp: onnx.ModelProto(ir_version=8).SerializeToString(), ["no graph"]),
 }
