@@ -300,11 +300,8 @@ def _channels_to_rgb(img: np.ndarray, *, bgr: bool, gray_file: bool, alpha: str,
 # --------------------------------------------------------------------------------------------- API
 
 
-def read_image(path: str | os.PathLike, *, alpha: str = "drop") -> np.ndarray:
-    """Decode an image file into H x W x 3 uint8 RGB (H x W x 1 for grayscale files), upright.
-
-    ``alpha``: "drop" (default; like PIL ``convert("RGB")``) or "white" (composite over white).
-    """
+def _read_file(path: str | os.PathLike) -> tuple[Path, bytes, tuple[int, int] | None]:
+    """(path, bytes, (height, width) the header claims, already checked against the limits)."""
     p = check_input_file(path, "image file", error=ImageError)
     try:
         data = p.read_bytes()
@@ -313,6 +310,15 @@ def read_image(path: str | os.PathLike, *, alpha: str = "drop") -> np.ndarray:
     claimed = header_size(data)
     if claimed is not None:
         check_size(*claimed, f"image file {p}")
+    return p, data, claimed
+
+
+def read_image(path: str | os.PathLike, *, alpha: str = "drop") -> np.ndarray:
+    """Decode an image file into H x W x 3 uint8 RGB (H x W x 1 for grayscale files), upright.
+
+    ``alpha``: "drop" (default; like PIL ``convert("RGB")``) or "white" (composite over white).
+    """
+    p, data, _ = _read_file(path)
     try:
         img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error:
@@ -385,14 +391,8 @@ def write_png_atomic(path: str | os.PathLike, rgb_uint8: np.ndarray) -> None:
 def picture_size(path: str | os.PathLike) -> tuple[int, int]:
     """(height, width) of the upright picture in an image file, from its header when blackbox parses the
     format (no decode), else by decoding it; the same limits and one-line errors as :func:`read_image`."""
-    p = check_input_file(path, "image file", error=ImageError)
-    try:
-        data = p.read_bytes()
-    except OSError as e:
-        raise ImageError(f"cannot read image file {p}: {e.strerror or e}; check its permissions") from None
-    claimed = header_size(data)
+    p, data, claimed = _read_file(path)
     if claimed is None:
         return read_image(p).shape[:2]
-    check_size(*claimed, f"image file {p}")
     height, width = claimed
     return (width, height) if exif_orientation(data) >= 5 else (height, width)
