@@ -131,9 +131,9 @@ def check_input_file(path: str | os.PathLike, what: str, *,
     except OSError as e:
         raise error(f"cannot read {what} {p}: {e.strerror or e}; check the path and its permissions") from None
     if p.is_dir():
-        raise error(f"{p} is a folder, not a {what}; pass the path of one file")
+        raise error(f"{what} {p} is a folder, not a file; pass the path of one file")
     if not p.is_file():
-        raise error(f"{p} is not a regular file (a device, pipe or socket); pass a {what} saved on disk")
+        raise error(f"{what} {p} is not a regular file (a device, pipe or socket); pass a file saved on disk")
     if not os.access(p, os.R_OK):
         raise error(f"cannot read {what} {p}: permission denied; check its permissions")
     if info.st_size == 0:
