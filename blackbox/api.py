@@ -76,8 +76,8 @@ def explain(model: Model, x: Any, method: str = "occlusion", *, target: int | st
     if sample.model_space:
         heatmap, picture, seen = model_heatmap, model.preprocess.display(sample.x), None
     else:
-        heatmap, picture = sample.geometry.to_image(model_heatmap).astype(np.float32), sample.image
-        seen = sample.geometry.to_image(np.ones_like(model_heatmap)) > 0.5  # outside a centre crop: unseen
+        heatmap, picture = sample.geometry.to_image(model_heatmap), sample.image  # one float32 copy
+        seen = sample.geometry.seen()  # outside a centre crop: unseen
     attributions = from_internal(model, result.attributions) if result.pixel_attributions else result.attributions
     used = {**spec.parameters(), **params}
     return Explanation(method=method, target=index, label=model.label(index), target_score=ctx.target_score(),

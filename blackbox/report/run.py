@@ -128,9 +128,11 @@ def parse_methods(text: str | Sequence[str] | None) -> list[str]:
 
 
 def parse_method_params(items: Sequence[str], methods: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """``METHOD.KEY=VALUE`` (values JSON when they parse, else strings); ``KEY=VALUE`` is allowed when
-    one method runs. Unknown methods or keys are user errors before any work starts."""
+    """``METHOD.KEY=VALUE`` (values as :func:`~blackbox.methods.base.parse_value` reads them: JSON or a
+    bare word); ``KEY=VALUE`` is allowed when one method runs. Unknown methods or keys are user errors
+    before any work starts."""
     from ..methods import METHODS
+    from ..methods.base import parse_value
 
     params: dict[str, dict[str, Any]] = {m: {} for m in methods}
     for item in items:
@@ -144,10 +146,7 @@ def parse_method_params(items: Sequence[str], methods: Sequence[str]) -> dict[st
             method, key = methods[0], name.strip()
         if method not in params:
             raise ParameterError(f"--param {item!r} names method {method!r}, which is not in --methods")
-        try:
-            params[method][key] = json.loads(value)
-        except json.JSONDecodeError:
-            params[method][key] = value
+        params[method][key] = parse_value(value, item)
     for method, given in params.items():
         METHODS[method].check_params(given)
     return params

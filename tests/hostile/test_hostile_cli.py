@@ -110,6 +110,8 @@ IN_PROCESS = {
     "no images": (["explain", SHAPES], ["required", "images"]),
     "unknown command": (["explode", SHAPES], ["explode"]),
     "zero top-k": (["predict", SHAPES, "{user}/star.png", "--top", "0"], ["--top"]),
+    "report bad json": (["report", SHAPES, "{user}/star.png", "--out", "{user}/out", "--methods", "rise",
+                         "--param", "rise.n_masks=[8,"], ["n_masks", "JSON"]),
     "report zero top-k": (["report", SHAPES, "{user}/star.png", "--out", "{user}/out", "--top", "0"], ["--top"]),
     "report NaN tolerance": (["report", SHAPES, "{user}/star.png", "--out", "{user}/out", "--tolerance", "nan"],
                              ["--tolerance"]),
