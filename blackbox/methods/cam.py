@@ -206,7 +206,7 @@ def _upsampled_range(activations: np.ndarray, ry: np.ndarray, rx: np.ndarray, ch
     return np.concatenate(lows), np.concatenate(highs)
 
 
-@register("score_cam", default_score="probability", kind="gradient",
+@register("score_cam", default_score="probability", kind="activation",
           summary="Score-CAM: channels weighted by the score of the input masked by each activation map")
 def score_cam(ctx: Context, *, layer: str | None = None) -> Result:
     """Wang et al. 2020, as their reference code: each activation map ``A_k`` of ``layer`` is upsampled
