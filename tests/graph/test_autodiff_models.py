@@ -22,6 +22,7 @@ nn = torch.nn
 F = torch.nn.functional
 
 from blackbox.errors import UnsupportedOpError  # noqa: E402
+from conftest import real  # noqa: E402
 from blackbox.graph.autodiff import RECTIFIER_RULESETS, build_gradient_model, prepare  # noqa: E402
 
 from torch_models import K, MODELS, exported  # noqa: E402
@@ -134,7 +135,6 @@ def export_simple(net, x):
 
 
 # ------------------------------------------------------------------------- precision (fp16, int8)
-REAL = "/work/shared/real/models"
 
 
 def _smooth_images(n, size=224, seed=0):
@@ -195,13 +195,9 @@ def test_dequantize_synthetic_int8(fmt, tmp_path):
 
 
 def test_dequantize_real_mobilenetv2_int8():
-    import os
-
     from blackbox.graph.precision import dequantize
 
-    path = f"{REAL}/mobilenetv2-12-int8.onnx"
-    if not os.path.exists(path):
-        pytest.skip("real model not available")
+    path = str(real("models", "mobilenetv2-12-int8.onnx"))
     q = onnx.load(path)
     x = np.concatenate([_smooth_images(4), np.random.default_rng(1).standard_normal(
         (2, 3, 224, 224)).astype(np.float32)])
@@ -221,13 +217,9 @@ def test_dequantize_real_mobilenetv2_int8():
 
 
 def test_to_float32_real_squeezenet_fp16():
-    import os
-
     from blackbox.graph.precision import to_float32
 
-    path = f"{REAL}/squeezenet1.0-fp16.onnx"
-    if not os.path.exists(path):
-        pytest.skip("real model not available")
+    path = str(real("models", "squeezenet1.0-fp16.onnx"))
     m16 = onnx.load(path)
     f = to_float32(m16)
     x = _smooth_images(1)
