@@ -16,10 +16,22 @@ from blackbox.image_io import as_rgb_array, exif_orientation, read_image, write_
 from blackbox.preprocess import PRESETS, Geometry, Preprocess, Prepared
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "real"
-needs_real = pytest.mark.skipif(
-    not (REAL / "models").is_dir() or not (REAL / "images").is_dir(),
-    reason=f"real models/photos not found at {REAL} (read-only shared data, not part of the repository)",
-)
+
+
+def _require_real(function):
+    """Real-photo tests fail, not skip, without ../shared/real: a silent pass would hide the parity."""
+    import functools
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        assert (REAL / "models").is_dir() and (REAL / "images").is_dir(), \
+            f"real models/photos not found at {REAL} (read-only shared data beside the repository)"
+        return function(*args, **kwargs)
+
+    return wrapper
+
+
+needs_real = _require_real
 
 
 # ------------------------------------------------------------------------------------------ helpers
