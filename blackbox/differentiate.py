@@ -58,15 +58,17 @@ class GradientEngine:
     def run(self, x: np.ndarray, seed: np.ndarray, *, score: str, taps: Sequence[str] = (),
             rules: RuleSet = PLAIN, progress=None) -> Gradients:
         """Scores, input gradients and tap values/gradients for a batch ``x`` [N, C, H, W] and ``seed`` [N, K].
-        ``rules``: the backward pass's rule set (plain gradients, guided backprop, LRP, ...)."""
+        ``rules``: the backward pass's rule set (plain gradients, guided backprop, LRP, ...). ``taps``:
+        layer names (:meth:`Model.layers`); the result's ``taps`` are keyed by them."""
         x = np.asarray(x, dtype=np.float32)
         if x.ndim == 3:
             x = x[None]
         seed = np.asarray(seed, dtype=np.float32)
         if seed.ndim == 1:
             seed = np.broadcast_to(seed, (len(x), seed.shape[0]))
-        taps = tuple(taps)
-        runner = self._runner(score, taps, rules)
+        taps = tuple(dict.fromkeys(taps))
+        tensors = self.model.tensors(taps)  # layer names -> the float graph's tensors
+        runner = self._runner(score, tensors, rules)
         outputs = runner.run({}, {X: x, SEED_NAME: np.ascontiguousarray(seed)}, progress=progress)
         scores, grad = outputs[0], outputs[1]
         runtime.check_finite(scores, "inputs")

@@ -26,6 +26,11 @@ import os
 import struct
 from pathlib import Path
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm",
+                  ".jp2", ".exr", ".hdr", ".pic", ".sr", ".ras")
+"""Suffixes a folder or a glob picks up (what OpenCV decodes). A file named explicitly is always taken."""
+
+
 def _limit_from_env(name: str, default: int) -> int:
     try:
         value = int(os.environ.get(name, ""))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import difflib
 import hashlib
 import os
 from pathlib import Path
@@ -229,11 +230,19 @@ class Model:
         return list(self._layers)
 
     def layer(self, name: str) -> Layer:
+        """The layer called ``name`` (its name in the model as given, or its tensor in the float copy)."""
         for layer in self.layers():
-            if layer.name == name:
+            if name in (layer.name, layer.tensor):
                 return layer
-        raise ParameterError(f"the model has no tensor named {name!r}; model.layers() lists the "
-                             f"{len(self.layers())} it has")
+        names = [layer.name for layer in self.layers()]
+        close = difflib.get_close_matches(str(name), names, n=4, cutoff=0.5)
+        hint = f"close names: {', '.join(repr(c) for c in close)}" if close else \
+            f"`blackbox layers MODEL` lists the {len(names)} it has"
+        raise ParameterError(f"the model has no layer named {name!r}; {hint}")
+
+    def tensors(self, names: Sequence[str]) -> tuple[str, ...]:
+        """The float-graph tensors behind layer names (what taps and gradient graphs read)."""
+        return tuple(self.layer(name).tensor for name in names)
 
     def default_cam_layer(self) -> str:
         """The last spatial activation before global pooling (Grad-CAM's usual target layer)."""
@@ -245,21 +254,20 @@ class Model:
 
     def activations(self, x: np.ndarray, layers: Sequence[str], *,
                     progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
-        """Forward-only taps: the named tensors [N, ...] for inputs ``x`` [N, C, H, W], batched. No op
-        needs a gradient rule; the tensors are those of :meth:`float_graph`."""
+        """Forward-only taps: the named layers' values [N, ...] for inputs ``x`` [N, C, H, W], batched, keyed
+        by the names given. No op needs a gradient rule; the values are those of :meth:`float_graph`."""
         names = tuple(dict.fromkeys(layers))
-        for name in names:
-            self.layer(name)
-        if names not in self._tap_runners:
+        tensors = tuple(dict.fromkeys(self.tensors(names)))
+        if tensors not in self._tap_runners:
             image, output = self.float_specs()
             forward = forward_graph(self.float_graph(), image, output, dict(self.constants), score="raw")
-            session = runtime.make_session(with_taps(forward, names), self.device)
-            self._tap_runners[names] = runtime.Runner(session, self.device, self.batch_size(), [SCORES, *names])
+            session = runtime.make_session(with_taps(forward, tensors), self.device)
+            self._tap_runners[tensors] = runtime.Runner(session, self.device, self.batch_size(), [SCORES, *tensors])
         x = np.asarray(x, dtype=np.float32)
         if x.ndim == 3:
             x = x[None]
-        outputs = self._tap_runners[names].run({}, {X: x}, progress=progress)
-        return dict(zip(names, outputs[1:]))
+        outputs = dict(zip(tensors, self._tap_runners[tensors].run({}, {X: x}, progress=progress)[1:]))
+        return {name: outputs[self.layer(name).tensor] for name in names}
 
     @property
     def gradients(self):

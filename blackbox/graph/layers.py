@@ -8,13 +8,15 @@ to be tapped. Shapes come from ONNX shape inference with the batch fixed to 1, s
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
+import json
+from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 import onnx
 from onnx import TensorProto, helper
 
 from .onnx_utils import dims, elem_type
+from .precision import DEQUANTIZED_PREFIX, ORIGINAL_NAMES
 
 # ops after which a spatial map stops being spatial: the CAM layer is the last map that feeds one
 SPATIAL_REDUCERS = {"GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax", "Flatten", "Reshape",
@@ -23,12 +25,26 @@ SPATIAL_REDUCERS = {"GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceM
 
 @dataclass(frozen=True)
 class Layer:
-    """One tappable tensor: its name, the op that makes it, its shape per sample, where it sits."""
+    """One tappable tensor: its name, the op that makes it, its shape per sample, where it sits.
+
+    ``name`` is what a user calls it: the tensor's name in the model as given. ``tensor`` is the name
+    of the float32 tensor that holds its value in the graph blackbox runs (a dequantized copy of an
+    int8 model renames every activation; ``name`` then is the quantized tensor's and ``op_type`` the
+    quantized op's)."""
 
     name: str
     op_type: str
     shape: tuple  # per sample (no batch axis); ints, or None where shape inference could not tell
     index: int  # position of the producing node in graph order
+    tensor: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.tensor:
+            object.__setattr__(self, "tensor", self.name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "op_type": self.op_type, "shape": list(self.shape), "kind": self.kind,
+                "index": self.index, "tensor": self.tensor}
 
     @property
     def kind(self) -> str:
@@ -68,26 +84,44 @@ def tensor_shapes(model: onnx.ModelProto) -> dict[str, list]:
             if elem_type(value) == TensorProto.FLOAT}
 
 
+def original_names(model: onnx.ModelProto) -> dict[str, tuple[str, str]] | None:
+    """float tensor -> (name, op) in the model as given, for a dequantized copy; None for other graphs."""
+    for prop in model.metadata_props:
+        if prop.key == ORIGINAL_NAMES:
+            return {k: (v[0], v[1]) for k, v in json.loads(prop.value).items()}
+    return None
+
+
 def discover_layers(model: onnx.ModelProto) -> list[Layer]:
-    """Every float32 tensor a node produces, in graph order, with its per-sample shape."""
+    """Every float32 tensor a node produces, in graph order, with its per-sample shape. In a
+    dequantized copy, the tensors that stand for a quantized activation carry its name and op, and the
+    copy's own helpers (``dq/...``: the clip, scale and rounding steps of fake quantization) are left out."""
     shapes = tensor_shapes(model)
+    renamed = original_names(model)
     layers = []
     for index, node in enumerate(model.graph.node):
-        for name in node.output:
-            shape = shapes.get(name)
-            if name and shape:
-                layers.append(Layer(name, node.op_type, tuple(shape[1:]), index))
+        for tensor in node.output:
+            shape = shapes.get(tensor)
+            if not tensor or not shape:
+                continue
+            name, op_type = tensor, node.op_type
+            if renamed is not None:
+                if tensor in renamed:
+                    name, op_type = renamed[tensor]
+                elif tensor.startswith(DEQUANTIZED_PREFIX):
+                    continue
+            layers.append(Layer(name, op_type, tuple(shape[1:]), index, tensor))
     return layers
 
 
 def default_cam_layer(model: onnx.ModelProto, layers: Sequence[Layer]) -> str | None:
     """The last spatial map that feeds a pooling or flattening op (Grad-CAM's usual layer), else the last
-    spatial map; None when there is none."""
-    spatial = {layer.name for layer in layers if layer.spatial}
+    spatial map; None when there is none. Returns the layer's (readable) name."""
+    spatial = {layer.tensor: layer.name for layer in layers if layer.spatial}
     chosen = None
     for node in model.graph.node:
         if node.op_type in SPATIAL_REDUCERS and node.input and node.input[0] in spatial:
-            chosen = node.input[0]
+            chosen = spatial[node.input[0]]
     if chosen is None:
         ordered = [layer.name for layer in layers if layer.spatial]
         chosen = ordered[-1] if ordered else None

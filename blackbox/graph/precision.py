@@ -11,13 +11,15 @@
   differentiator passes gradients straight through them (the straight-through estimator of
   quantization-aware training), so gradients flow while the forward scores stay those of the
   quantized model. ``rounding="drop"`` gives a plain float network instead (Clip only). The copy is
-  labelled in ``metadata_props`` (``blackbox.precision``).
+  labelled in ``metadata_props`` (``blackbox.precision``), and :data:`ORIGINAL_NAMES` maps its float
+  tensors back to the quantized tensors they stand for.
 
 Pure ONNX -> ONNX, no ONNX Runtime inside.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Callable
 
 import numpy as np
@@ -31,6 +33,9 @@ from .onnx_utils import (DEFAULT_DOMAINS, STE_MARK, ConstantValues, FreshNames, 
                          get_attr, outer_references, value_types)
 
 _HALF = (TensorProto.FLOAT16, TensorProto.BFLOAT16)
+# metadata key of a dequantized copy: JSON {float tensor: [quantized tensor, its op]} (see Layer.tensor)
+ORIGINAL_NAMES = "blackbox.original_names"
+DEQUANTIZED_PREFIX = "dq/"  # the names the float copy makes up
 _MS = "com.microsoft"
 
 
@@ -141,7 +146,8 @@ class _Dequantizer:
         self.acc_float: dict[str, str] = {}
         self.nodes: list[onnx.NodeProto] = []
         self.new_inits: list[onnx.TensorProto] = []
-        self.names = FreshNames(g, "dq/")
+        self.names = FreshNames(g, DEQUANTIZED_PREFIX)
+        self.producers = {out: node.op_type for node in g.node for out in node.output}
         self._type_cache: dict[str, tuple[int, list | None]] | None = None
 
     # ------------------------------------------------------------------------------------ helpers
@@ -239,7 +245,14 @@ class _Dequantizer:
         del g.value_info[:]
         self._drop_unused()
         m.metadata_props.add(key="blackbox.precision", value=f"dequantized-{self.rounding.replace('_', '-')}")
+        m.metadata_props.add(key=ORIGINAL_NAMES, value=json.dumps(self.original_names()))
         return m
+
+    def original_names(self) -> dict[str, list[str]]:
+        """float tensor -> [the quantized tensor it stands for, the op that made that tensor]: so a user
+        can name (and read) the layers of the model they gave, not of its float copy."""
+        return {float_name: [quantized, self.producers.get(quantized, "")]
+                for quantized, (float_name, *_rest) in self.floated.items()}
 
     def _float_output(self, o: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
         """A quantized graph output becomes its float value under the same name."""
@@ -513,4 +526,4 @@ def dequantize(model: onnx.ModelProto, *, rounding: str = "straight_through") ->
     return _Dequantizer(m, rounding).run()
 
 
-__all__ = ["STE_MARK", "dequantize", "is_quantized", "to_float32"]
+__all__ = ["DEQUANTIZED_PREFIX", "ORIGINAL_NAMES", "STE_MARK", "dequantize", "is_quantized", "to_float32"]

@@ -46,6 +46,8 @@ def resolve_layer(model, layer: str | None) -> str:
     if layer is None:
         return model.default_cam_layer()
     spatial = [entry.name for entry in model.layers() if entry.spatial]
+    if layer not in spatial and any(layer == entry.tensor for entry in model.layers()):
+        layer = model.layer(layer).name  # the float copy's tensor name: the layer it stands for
     if layer not in spatial:
         last = ", ".join(repr(n) for n in spatial[-5:])
         raise ParameterError(f"layer {layer!r} is not a spatial activation of the model (a 4-D tensor with height x "

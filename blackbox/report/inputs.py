@@ -14,9 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm",
-                  ".jp2", ".exr", ".hdr", ".pic", ".sr", ".ras")
-"""Suffixes a folder or a glob picks up (what OpenCV decodes). A file named explicitly is always taken."""
+from ..image_io import IMAGE_SUFFIXES
 
 MASK_SUFFIX = "_mask"
 """``photo_mask.png`` next to ``photo.png`` is photo's truth mask, not an input of its own."""

@@ -70,7 +70,7 @@ def test_score_cam_runs_forward_only_where_gradients_cannot():
 
 def test_unknown_layer_names_are_one_line_errors():
     model = blackbox.load(sine_classifier(), device="cpu")
-    with pytest.raises(ParameterError, match="no tensor named 'nope'"):
+    with pytest.raises(ParameterError, match="no layer named 'nope'"):
         model.activations(np.zeros((1, 3, 12, 12), np.float32), ["nope"])
 
 
