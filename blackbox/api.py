@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ParameterError, TargetError
+from .errors import ParameterError
 from .explanation import Explanation
 from .inputs import from_internal, prepare
 from .methods import METHODS, Context
@@ -18,18 +18,7 @@ def resolve_target(model: Model, target: int | str | None, x: np.ndarray) -> int
     """None -> the top-1 class; an int (or digit string) -> that index; a string -> the label's index."""
     if target is None:
         return int(np.argmax(model.scores(x, score="raw")[0]))
-    if isinstance(target, (bool,)):
-        raise TargetError(f"target {target!r} is not a class index or label")
-    if isinstance(target, (int, np.integer)) or (isinstance(target, str) and target.strip().lstrip("-").isdigit()):
-        index = int(target)
-        if not 0 <= index < model.num_classes:
-            raise TargetError(f"target class {index} is out of range: the model has classes 0..{model.num_classes - 1}")
-        return index
-    if isinstance(target, str):
-        if model.labels is None:
-            raise TargetError(f"target {target!r} is a name but the model has no labels; pass --labels or an index")
-        return model.labels.index_of(target)
-    raise TargetError(f"target {target!r} is not a class index or label")
+    return model.class_index(target)
 
 
 FLAT_MAP_NOTE = "the map is "  # how the notes below begin (the CLI shows them as warnings)

@@ -13,7 +13,6 @@ import dataclasses
 import difflib
 import hashlib
 import os
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -78,6 +77,22 @@ class Model:
 
     def label(self, index: int) -> str:
         return self.description.label(index)
+
+    def class_index(self, target: int | str) -> int:
+        """An int (or digit string) -> that index, checked; a string -> the label's index."""
+        if isinstance(target, bool):
+            raise TargetError(f"target {target!r} is not a class index or label")
+        if isinstance(target, (int, np.integer)) or (isinstance(target, str) and target.strip().lstrip("-").isdigit()):
+            index = int(target)
+            if not 0 <= index < self.num_classes:
+                raise TargetError(f"target class {index} is out of range: the model has classes "
+                                  f"0..{self.num_classes - 1}")
+            return index
+        if isinstance(target, str):
+            if self.labels is None:
+                raise TargetError(f"target {target!r} is a name but the model has no labels; pass --labels or an index")
+            return self.labels.index_of(target)
+        raise TargetError(f"target {target!r} is not a class index or label")
 
     def with_graph(self, proto: onnx.ModelProto) -> "Model":
         """A Model over another graph with this one's every choice (preprocess, labels, names, kind, device):

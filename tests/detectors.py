@@ -3,8 +3,9 @@
 Input: RGB pixels in [0, 1] (preprocess: /255, no mean or std), ``SIZE`` x ``SIZE``, NCHW.
 
 * ``colour`` [3, S, S]: 1x1 convolution + ReLU; unit c fires on pure colour c (red, green, blue):
-  weights ``2 * e_c - 1`` on (R, G, B), bias 0, so red (1, 0, 0) gives 2 - 0 - 0 = 1 on unit 0 and a
-  negative (cut) response on the others; grey gives 0 everywhere.
+  weight 1 on channel c and -1/2 on the other two, bias 0.05, so red (1, 0, 0) gives 1.05 on unit 0
+  and a negative (cut) response on the others; grey gives a faint 0.05 everywhere (a unit that is
+  just on, as most units of a trained network are somewhere).
 * ``stripes`` [2, S, S]: an 8 x 8 convolution of the grey level + ReLU; unit 0 fires on horizontal
   stripes of period 4 px (rows alternate), unit 1 on vertical stripes; flat images give 0.
 * ``features`` = Concat(colour, stripes) [5, S, S] -> GlobalAveragePool -> Flatten -> ``logits`` [5]:
@@ -37,9 +38,9 @@ def stripe_kernels() -> np.ndarray:
 
 def detector_model(dtype: int = TensorProto.FLOAT, batch: int | str = "N") -> onnx.ModelProto:
     np_type = np.float16 if dtype == TensorProto.FLOAT16 else np.float32
-    colour = (2 * np.eye(3) - 1)[:, :, None, None]
+    colour = (1.5 * np.eye(3) - 0.5)[:, :, None, None]
     inits = [numpy_helper.from_array(colour.astype(np_type), "colour_w"),
-             numpy_helper.from_array(np.zeros(3, np_type), "colour_b"),
+             numpy_helper.from_array(np.full(3, 0.05, np_type), "colour_b"),
              numpy_helper.from_array(stripe_kernels().astype(np_type), "stripes_w"),
              numpy_helper.from_array(np.zeros(2, np_type), "stripes_b"),
              numpy_helper.from_array(np.eye(5, dtype=np_type), "readout")]

@@ -1,0 +1,16 @@
+"""Seeing inside the network: feature visualisation, inversion, DeconvNet projections, dissection.
+
+A sibling of :mod:`blackbox.methods`: its outputs are images of units, data-set statistics and
+embeddings rather than one heatmap for one target. It imports down only (model, gradients, graph);
+the explanation methods never import it.
+"""
+
+from .dissection import Dissection, dissect, load_concepts
+from .embedding import Embedding, embed
+from .grids import Grid, activations, filters
+from .maximize import activation_maximization
+from .objectives import Objective
+from .result import Visualization
+
+__all__ = ["Dissection", "Embedding", "Grid", "Objective", "Visualization", "activation_maximization", "activations",
+           "dissect", "embed", "filters", "load_concepts"]

@@ -1,0 +1,342 @@
+"""What feature visualisation maximises: objectives as small ONNX expressions over named tensors.
+
+After Lucent's ``objectives``: each objective names the tensor it reads and gives one number per sample;
+objectives add and scale (``channel("mixed4a", 97) - 100 * diversity("mixed4a")``). Here an objective
+is a list of weighted terms that :func:`emit` appends to the model's forward graph as ONNX nodes, so a
+single gradient graph returns the objective and its gradient with respect to the input in one pass,
+with the batch still dynamic.
+
+Every linear read-out (a class score, a channel mean, one neuron, a direction) is one ``MatMul`` of the
+flattened tensor with a constant column, and the others use only ``Mul``/``Sub``/``MatMul``/
+``Transpose``/``Reshape``/``Sqrt``/``Div``: ops that exist with the same signature in every opset and
+have gradient rules, so an objective never depends on the model's opset. Values are *maximised*
+(Lucent's objectives are losses; its ``channel`` is our ``channel`` with the sign flipped).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from onnx import helper
+
+from ..errors import ParameterError
+from ..graph.compose import PREFIX, SCORES
+from ..graph.onnx_utils import const
+
+if TYPE_CHECKING:
+    from ..model import Model
+
+OBJECTIVE = PREFIX + "objective"
+WEIGHTS = PREFIX + "weights"  # the batched input of a `weighted` term: d objective / d tensor, given
+
+
+@dataclass(frozen=True)
+class Term:
+    """One weighted part of an objective. ``kind`` says what it computes from ``layer`` (a layer name,
+    or None for the class scores); ``args`` are its settings (a hashable tuple of pairs)."""
+
+    kind: str
+    layer: str | None
+    args: tuple = ()
+    weight: float = 1.0
+
+    def arg(self, name: str, default: Any = None) -> Any:
+        return dict(self.args).get(name, default)
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A weighted sum of terms, maximised. ``score``: the score space class terms read."""
+
+    terms: tuple[Term, ...]
+    score: str = "logit"
+    description: str = field(default="", compare=False)
+
+    def __add__(self, other: "Objective") -> "Objective":
+        if not isinstance(other, Objective):
+            return NotImplemented
+        return Objective(self.terms + other.terms, _score(self, other), f"{self.description} + {other.description}")
+
+    def __sub__(self, other: "Objective") -> "Objective":
+        return self + (-1.0) * other
+
+    def __mul__(self, factor: float) -> "Objective":
+        terms = tuple(replace(t, weight=t.weight * float(factor)) for t in self.terms)
+        return Objective(terms, self.score, f"{float(factor):g} * ({self.description})")
+
+    __rmul__ = __mul__
+
+    def __neg__(self) -> "Objective":
+        return (-1.0) * self
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(t.layer for t in self.terms if t.layer is not None))
+
+    @property
+    def couples_batch(self) -> bool:
+        """Whether samples interact (diversity): the whole batch must then run in one call."""
+        return any(t.kind == "diversity" for t in self.terms)
+
+    @property
+    def needs_weights(self) -> bool:
+        return any(t.kind == "weighted" for t in self.terms)
+
+
+def _score(a: Objective, b: Objective) -> str:
+    reads = [o.score for o in (a, b) if any(t.kind == "class" for t in o.terms)]
+    if len(set(reads)) > 1:
+        raise ParameterError("an objective can read class scores in one score space only")
+    return reads[0] if reads else a.score
+
+
+def _one(kind: str, layer: str | None, description: str, score: str = "logit", **args: Any) -> Objective:
+    return Objective((Term(kind, layer, tuple(sorted(args.items()))),), score, description)
+
+
+# ------------------------------------------------------------------------------------- constructors
+def class_score(target: int, score: str = "logit") -> Objective:
+    """The score of class ``target`` (``logit``: the raw logit, or the log-probability for models that
+    output probabilities; ``probability``; ``raw``)."""
+    return _one("class", None, f"class {target} ({score})", score, target=int(target))
+
+
+def channel(layer: str, unit: int) -> Objective:
+    """The mean of channel ``unit`` of ``layer`` over all positions (Lucent's ``channel``)."""
+    return _one("channel", layer, f"{layer}:{unit}", unit=int(unit))
+
+
+def neuron(layer: str, unit: int, y: int | None = None, x: int | None = None) -> Objective:
+    """One activation: channel ``unit`` at (``y``, ``x``), the centre by default (Lucent's ``neuron``)."""
+    return _one("neuron", layer, f"{layer}:{unit}@({y},{x})", unit=int(unit), y=y, x=x)
+
+
+def direction(layer: str, vector: np.ndarray) -> Objective:
+    """The mean over positions of the dot product of the channel vector with ``vector`` [C]."""
+    vec = tuple(float(v) for v in np.asarray(vector, dtype=np.float64).ravel())
+    return _one("direction", layer, f"{layer}·direction", vector=vec)
+
+
+def dream(layer: str) -> Objective:
+    """Mean squared activation of ``layer`` (deep dream: amplify whatever the layer already sees)."""
+    return _one("dream", layer, f"dream({layer})")
+
+
+def inversion(layer: str, target: np.ndarray) -> Objective:
+    """``-||A - A0||^2 / ||A0||^2``: the negated relative feature distance to ``target`` (one sample's
+    activations A0), Mahendran & Vedaldi's data term."""
+    target = np.asarray(target, dtype=np.float32)
+    return _one("inversion", layer, f"invert({layer})", target=_Array(target))
+
+
+def diversity(layer: str, n: int) -> Objective:
+    """Minus the mean cosine similarity of each sample's Gram matrix of ``layer`` with the other ``n - 1``
+    samples' (Lucent's ``diversity``; summed over samples it is Lucent's value)."""
+    return _one("diversity", layer, f"diversity({layer})", n=int(n))
+
+
+def weighted(layer: str) -> Objective:
+    """``sum(A * W)`` with ``W`` a batched input shaped like ``A``: a vector-Jacobian product, e.g. one
+    activation per image for DeconvNet projections."""
+    return _one("weighted", layer, f"weighted({layer})")
+
+
+class _Array:
+    """A numpy array that can sit in a frozen, hashable term (hashed by content)."""
+
+    def __init__(self, array: np.ndarray):
+        self.array = array
+        self._key = (array.shape, array.tobytes())
+
+    def __hash__(self) -> int:
+        return hash(self._key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Array) and self._key == other._key
+
+    def __lt__(self, other: "_Array") -> bool:  # sorted() over args
+        return id(self) < id(other)
+
+
+# ------------------------------------------------------------------------------------------ emission
+@dataclass
+class _Emitter:
+    nodes: list = field(default_factory=list)
+    inits: list = field(default_factory=list)
+    count: int = 0
+
+    def name(self, hint: str) -> str:
+        self.count += 1
+        return f"{PREFIX}obj_{hint}_{self.count}"
+
+    def op(self, op_type: str, inputs: list[str], hint: str, **attrs) -> str:
+        out = self.name(hint)
+        self.nodes.append(helper.make_node(op_type, inputs, [out], name=self.name(op_type), **attrs))
+        return out
+
+    def constant(self, hint: str, array: np.ndarray) -> str:
+        name = self.name(hint)
+        self.inits.append(const(name, np.asarray(array)))
+        return name
+
+    def flat(self, tensor: str) -> str:
+        return self.op("Reshape", [tensor, self.constant("flat", np.array([0, -1], np.int64))], "flat")
+
+    def dot(self, tensor: str, column: np.ndarray) -> str:
+        """[N, ...] -> [N, 1]: the flattened tensor times a constant column."""
+        return self.op("MatMul", [self.flat(tensor), self.constant("w", column.reshape(-1, 1).astype(np.float32))],
+                       "dot")
+
+
+def layer_shape(model: "Model", name: str) -> tuple[int, ...]:
+    shape = model.layer(name).shape
+    if not shape or not all(isinstance(d, int) and d > 0 for d in shape):
+        raise ParameterError(f"layer {name!r} has a size shape inference cannot tell ({shape}); pick another layer")
+    return tuple(shape)
+
+
+def _unit_column(model: "Model", term: Term) -> np.ndarray:
+    """The constant column of a linear term over the flattened per-sample tensor."""
+    name = term.layer
+    shape = layer_shape(model, name)
+    column = np.zeros(shape, np.float64)
+    if term.kind == "direction":
+        vector = np.asarray(term.arg("vector"))
+        if len(shape) < 1 or shape[0] != len(vector):
+            raise ParameterError(f"the direction has {len(vector)} values but layer {name!r} has {shape[0]} channels")
+        spatial = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+        return np.broadcast_to(vector.reshape((-1,) + (1,) * (len(shape) - 1)), shape) / spatial
+    unit = term.arg("unit")
+    if not 0 <= unit < shape[0]:
+        raise ParameterError(f"channel {unit} is out of range for layer {name!r}: it has {shape[0]} "
+                             f"(0..{shape[0] - 1})")
+    if term.kind == "channel":
+        column[unit] = 1.0 / max(1, int(np.prod(shape[1:])))
+        return column
+    index = [unit]
+    for axis, key in zip(shape[1:], ("y", "x")):
+        value = term.arg(key)
+        value = axis // 2 if value is None else int(value)
+        if not 0 <= value < axis:
+            raise ParameterError(f"neuron position {key}={value} is outside layer {name!r} ({axis} positions)")
+        index.append(value)
+    column[tuple(index)] = 1.0
+    return column
+
+
+def _class_scores(model: "Model", score: str) -> str:
+    """The tensor class terms read. ``logit`` means the network's own logits, read where they are still
+    unsaturated: before a final Softmax (a model that outputs probabilities; its log-probability stops
+    growing at 0 once p = 1, where an image is still noise) and before an int8 output's fake
+    quantization (its clip stops at the quantizer's largest logit). Otherwise the score head's output."""
+    if score != "logit":
+        return SCORES
+    graph = model.float_graph()
+    producer = {o: n for n in graph.graph.node for o in n.output}
+    name = model.output.name
+    for _ in range(8):
+        name = _through(producer, name, ("Identity", "Reshape", "Flatten", "Squeeze"))
+        inner = unquantized(producer, name)
+        if inner is not None:
+            name = inner
+            continue
+        node = producer.get(name)
+        if node is not None and node.op_type == "Softmax" and _last_axis_softmax(node, model):
+            name = node.input[0]
+            continue
+        break
+    return SCORES if name == model.output.name else name
+
+
+def _through(producer: dict, name: str, ops: tuple[str, ...]) -> str:
+    node = producer.get(name)
+    while node is not None and node.op_type in ops:
+        name = node.input[0]
+        node = producer.get(name)
+    return name
+
+
+def _last_axis_softmax(node, model: "Model") -> bool:
+    """A Softmax over the class axis (axis 1 or -1 of the output; 4-D caffe outputs [N, K, 1, 1] too)."""
+    axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+    return axis in (1, -1)
+
+
+def unquantized(producer: dict, name: str) -> str | None:
+    """The value a dequantized copy's fake quantization (Clip -> Div -> Round -> Mul) of ``name`` starts
+    from; None when ``name`` is not fake-quantized."""
+    node = producer.get(name)
+    for op in ("Mul", "Round", "Div", "Clip"):
+        if node is None or node.op_type != op:
+            return None
+        if op == "Clip":
+            return node.input[0]
+        node = producer.get(node.input[0])
+    return None
+
+
+def _emit_term(e: _Emitter, model: "Model", term: Term, num_classes: int, score: str) -> str:
+    """Nodes computing one term, [N, 1]; returns its tensor."""
+    if term.kind == "class":
+        target = term.arg("target")
+        column = np.zeros(num_classes)
+        column[target] = 1.0
+        return e.dot(_class_scores(model, score), column)
+    tensor = model.layer(term.layer).tensor
+    if term.kind in ("channel", "neuron", "direction"):
+        return e.dot(tensor, _unit_column(model, term))
+    size = int(np.prod(layer_shape(model, term.layer)))
+    if term.kind == "dream":
+        return e.dot(e.op("Mul", [tensor, tensor], "sq"), np.full(size, 1.0 / size))
+    if term.kind == "inversion":
+        target = term.arg("target").array.astype(np.float32)
+        if target.shape != layer_shape(model, term.layer):
+            raise ParameterError(f"inversion target of shape {target.shape} does not match layer {term.layer!r}")
+        diff = e.op("Sub", [tensor, e.constant("target", target[None])], "diff")
+        norm = float(np.sum(target.astype(np.float64) ** 2)) or 1.0
+        return e.dot(e.op("Mul", [diff, diff], "sq"), np.full(size, -1.0 / norm))
+    if term.kind == "weighted":
+        return e.dot(e.op("Mul", [tensor, WEIGHTS], "weighted"), np.ones(size))
+    if term.kind == "diversity":
+        return _emit_diversity(e, model, term, tensor)
+    raise ParameterError(f"unknown objective term {term.kind!r}")
+
+
+def _emit_diversity(e: _Emitter, model: "Model", term: Term, tensor: str) -> str:
+    shape = layer_shape(model, term.layer)
+    n = term.arg("n")
+    channels = shape[0]
+    rows = e.op("Reshape", [tensor, e.constant("shape", np.array([0, channels, -1], np.int64))], "rows")
+    gram = e.op("MatMul", [rows, e.op("Transpose", [rows], "rowsT", perm=[0, 2, 1])], "gram")
+    flat = e.flat(gram)
+    norm = e.op("Sqrt", [e.dot(e.op("Mul", [flat, flat], "sq"), np.ones(channels * channels))], "norm")
+    eps = e.constant("eps", np.array(1e-12, np.float32))
+    unit = e.op("Div", [flat, e.op("Add", [norm, eps], "norm_eps")], "unit")
+    similarity = e.op("MatMul", [unit, e.op("Transpose", [unit], "unitT", perm=[1, 0])], "similarity")
+    total = e.op("MatMul", [similarity, e.constant("ones", np.ones((n, 1), np.float32))], "total")
+    others = e.op("Sub", [total, e.constant("self", np.array(1.0, np.float32))], "others")
+    return e.op("Mul", [others, e.constant("scale", np.array(-1.0 / max(1, n), np.float32))], "diverse")
+
+
+def emit(objective: Objective, model: "Model") -> tuple[list, list]:
+    """(nodes, initializers) that compute ``OBJECTIVE`` [N, 1] from the forward graph's tensors."""
+    if not objective.terms:
+        raise ParameterError("the objective is empty")
+    e = _Emitter()
+    parts = []
+    for term in objective.terms:
+        value = _emit_term(e, model, term, model.num_classes, objective.score)
+        if term.weight != 1.0:
+            value = e.op("Mul", [value, e.constant("weight", np.array(term.weight, np.float32))], "weighted")
+        parts.append(value)
+    total = parts[0]
+    for part in parts[1:]:
+        total = e.op("Add", [total, part], "sum")
+    e.nodes.append(helper.make_node("Identity", [total], [OBJECTIVE], name=e.name("out")))
+    return e.nodes, e.inits
+
+
+__all__ = ["OBJECTIVE", "WEIGHTS", "Objective", "Term", "channel", "class_score", "direction", "diversity", "dream",
+           "emit", "inversion", "layer_shape", "neuron", "weighted"]
