@@ -63,7 +63,8 @@ CSV_COLUMNS = ("image", "key", "method", "status", "error", "target", "label", "
 class ReportConfig:
     """What one report run does. ``params`` maps method -> its keyword parameters; ``metrics`` None means
     deletion, insertion, plus pointing for images with a truth mask or box; ``command`` is recorded so the
-    page says how to reproduce the run."""
+    page says how to reproduce the run. ``visualize``/``concepts``/``visualize_steps``: the model-level
+    section (``--visualize``)."""
 
     out: str
     methods: list[str]
@@ -82,6 +83,11 @@ class ReportConfig:
     colormap: str | None = None
     command: list[str] | None = None
     model_options: dict[str, Any] = field(default_factory=dict)
+    # the model-level "inside the network" section (blackbox.visualize): filters, activation maximisation
+    # of the most predicted classes, and a dissection table when a concept folder is given
+    visualize: bool = False
+    concepts: str | None = None
+    visualize_steps: int = 128
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items()}

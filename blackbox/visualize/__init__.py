@@ -6,11 +6,13 @@ the explanation methods never import it.
 """
 
 from .dissection import Dissection, dissect, load_concepts
+from .dream import deep_dream
 from .embedding import Embedding, embed
 from .grids import Grid, activations, filters
+from .inversion import invert
 from .maximize import activation_maximization
 from .objectives import Objective
 from .result import Visualization
 
 __all__ = ["Dissection", "Embedding", "Grid", "Objective", "Visualization", "activation_maximization", "activations",
-           "dissect", "embed", "filters", "load_concepts"]
+           "deep_dream", "dissect", "embed", "filters", "invert", "load_concepts"]

@@ -118,7 +118,8 @@ def activation_maximization(model: "Model", *, target: int | str | None = None, 
         p.set_image(np.repeat(start_image(model, image, (height, width)), n, axis=0))
     run = optimise(model, objective, p, steps=steps, lr=lr, transforms=spec, settings=settings, seed=seed,
                    progress=progress, desc="activation maximization")
-    return finish(model, p.image(), run, described | {
+    notes = obj.class_note(model, objective)
+    return finish(model, p.image(), run, notes=notes, params=described | {
         "steps": steps, "size": [height, width], "param": param, "transforms": transforms if isinstance(transforms, str)
         else dict(transforms), "regularizers": regularizers, "lr": lr, "n": n, "seed": seed})
 
@@ -134,7 +135,8 @@ def start_image(model: "Model", image: Any, size: tuple[int, int]) -> np.ndarray
     return display[None]
 
 
-def finish(model: "Model", images: np.ndarray, run, params: dict[str, Any], extra: dict | None = None) -> Visualization:
+def finish(model: "Model", images: np.ndarray, run, params: dict[str, Any], extra: dict | None = None,
+           notes: Sequence[str] = ()) -> Visualization:
     """The :class:`Visualization` of display images [n, c, h, w] after a run."""
     from ..inputs import from_internal
 
@@ -143,7 +145,8 @@ def finish(model: "Model", images: np.ndarray, run, params: dict[str, Any], extr
     return Visualization(images=np.stack([to_uint8(im) for im in images]),
                          inputs=np.stack([from_internal(model, xi) for xi in x]),
                          objectives=np.asarray(run.final, dtype=np.float64), trace=np.asarray(run.trace),
-                         params=params, notes=model.precision_notes, scores=scores, extra=extra or {})
+                         params=params, notes=model.precision_notes + list(notes), scores=scores,
+                         extra=extra or {})
 
 
 __all__ = ["DIVERSITY", "LR", "STEPS", "activation_maximization", "finish", "resolve_size", "start_image",

@@ -250,6 +250,46 @@ def _class_scores(model: "Model", score: str) -> str:
     return SCORES if name == model.output.name else name
 
 
+def class_note(model: "Model", objective: Objective) -> list[str]:
+    """What a class term really reads, when that is not the plain logit (for ``Visualization.notes``)."""
+    if not any(t.kind == "class" for t in objective.terms) or objective.score != "logit":
+        return []
+    name = _class_scores(model, objective.score)
+    if name != SCORES and _quantized_head(model, name) is not None:
+        return ["int8 model: the class term is the log-odds log(p / (1 - p)) of logits recomputed from the "
+                "classifier's input with its dequantized weights (the int8 logits stop at the quantizer's "
+                "range, where a picture is still noise)"]
+    if name != SCORES:
+        return [f"the class term reads the logits before the model's final Softmax ({name!r})"]
+    return []
+
+
+def _quantized_head(model: "Model", logits: str) -> tuple[str, np.ndarray, np.ndarray] | None:
+    """(features, W [D, K], b [K]) when the int8 model's logits are ``features @ W + b`` with the product
+    fake-quantized in between (QLinearMatMul + QLinearAdd): that inner quantizer caps the logit at the
+    calibration range (28.7 on MobileNetV2-int8) long before the picture shows the class, so the class
+    term recomputes the logit from the classifier's input with the dequantized weights."""
+    from onnx import numpy_helper
+
+    graph = model.float_graph().graph
+    producer = {o: n for n in graph.node for o in n.output}
+    consts = {t.name: t for t in graph.initializer}
+    add = producer.get(logits)
+    if add is None or add.op_type != "Add" or len(add.input) != 2:
+        return None
+    bias_name = next((i for i in add.input if i in consts), None)
+    other = next((i for i in add.input if i not in consts), None)
+    inner = unquantized(producer, other) if other else None
+    matmul = producer.get(inner) if inner else None
+    if bias_name is None or matmul is None or matmul.op_type != "MatMul" or matmul.input[1] not in consts:
+        return None
+    weights = numpy_helper.to_array(consts[matmul.input[1]]).astype(np.float64)
+    bias = numpy_helper.to_array(consts[bias_name]).astype(np.float64).reshape(-1)
+    if weights.ndim != 2 or weights.shape[1] != model.num_classes or bias.size != model.num_classes:
+        return None
+    return matmul.input[0], weights, bias
+
+
 def _through(producer: dict, name: str, ops: tuple[str, ...]) -> str:
     node = producer.get(name)
     while node is not None and node.op_type in ops:
@@ -283,7 +323,20 @@ def _emit_term(e: _Emitter, model: "Model", term: Term, num_classes: int, score:
         target = term.arg("target")
         column = np.zeros(num_classes)
         column[target] = 1.0
-        return e.dot(_class_scores(model, score), column)
+        name = _class_scores(model, score)
+        head = _quantized_head(model, name) if name != SCORES else None
+        if head is None:
+            return e.dot(name, column)
+        features, weights, bias = head
+        logits = e.op("Add", [e.op("MatMul", [e.flat(features), e.constant("head", weights.astype(np.float32))],
+                                   "head"), e.constant("bias", bias.astype(np.float32))], "logits")
+        # the log-odds log(p_k / (1 - p_k)) = l_k - logsumexp_{j != k} l_j: a margin over the other classes,
+        # which keeps growing where log p_k stops at 0 (the int8 model's logits all stop at one cap, so
+        # the class must win by its margin, not by its logit alone)
+        log_p = e.dot(e.op("LogSoftmax", [logits], "logp", axis=1), column)
+        rest = e.dot(e.op("Softmax", [logits], "p", axis=1), 1.0 - column)
+        tiny = e.constant("tiny", np.array(1e-30, np.float32))
+        return e.op("Sub", [log_p, e.op("Log", [e.op("Add", [rest, tiny], "rest")], "log_rest")], "log_odds")
     tensor = model.layer(term.layer).tensor
     if term.kind in ("channel", "neuron", "direction"):
         return e.dot(tensor, _unit_column(model, term))
@@ -338,5 +391,5 @@ def emit(objective: Objective, model: "Model") -> tuple[list, list]:
     return e.nodes, e.inits
 
 
-__all__ = ["OBJECTIVE", "WEIGHTS", "Objective", "Term", "channel", "class_score", "direction", "diversity", "dream",
+__all__ = ["OBJECTIVE", "WEIGHTS", "Objective", "Term", "channel", "class_note", "class_score", "direction", "diversity", "dream",
            "emit", "inversion", "layer_shape", "neuron", "weighted"]
