@@ -91,7 +91,7 @@ class _Field:
         return self.y is None or self.x is None
 
 
-def receptive_field(model: "Model", layer: str) -> ReceptiveField:
+def receptive_field(model: Model, layer: str) -> ReceptiveField:
     """The receptive field of the units of ``layer`` (a name :meth:`Model.layer` knows)."""
     tensor = model.layer(layer).tensor
     graph = model.float_graph()
