@@ -13,6 +13,8 @@ from .inversion import invert
 from .maximize import activation_maximization
 from .objectives import Objective
 from .result import Visualization
+from .top import TopActivations, top_activations
 
 __all__ = ["Dissection", "Embedding", "Grid", "Objective", "Visualization", "activation_maximization", "activations",
-           "deep_dream", "dissect", "embed", "filters", "invert", "load_concepts"]
+           "deep_dream", "dissect", "embed", "filters", "invert", "load_concepts", "top_activations",
+           "TopActivations"]
