@@ -27,6 +27,7 @@ THUMB = 224
 _CSS = """
 body{font:14px/1.4 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1d1d1f;background:#fff}
 h1{font-size:22px;margin:0 0 4px}h2{font-size:18px;margin:28px 0 8px;border-bottom:1px solid #ddd}
+h3{font-size:15px;margin:16px 0 6px}figure{margin:6px 0}
 table{border-collapse:collapse;margin:6px 0}th,td{border:1px solid #ddd;padding:4px 7px;vertical-align:top}
 th{background:#f4f4f6;text-align:left}table.sortable th{cursor:pointer;user-select:none}
 table.sortable th[aria-sort=ascending]::after{content:" \\25B2"}table.sortable th[aria-sort=descending]::after{content:" \\25BC"}
@@ -271,8 +272,10 @@ def _sanity(records: Sequence[dict[str, Any]]) -> str:
 
 
 def render(out: Path, *, run: dict[str, Any], methods: dict[str, dict[str, Any]],
-           records: Sequence[dict[str, Any]]) -> str:
-    """The page as a string (the caller writes it atomically)."""
+           records: Sequence[dict[str, Any]], inside: dict[str, Any] | None = None) -> str:
+    """The page as a string (the caller writes it atomically); ``inside``: the model-level section."""
+    from .inside import render_section
+
     out = Path(out)
     card = run.get("model") or {}
     config = run.get("config") or {}
@@ -282,7 +285,7 @@ def render(out: Path, *, run: dict[str, Any], methods: dict[str, dict[str, Any]]
     groups = _group(records)
     command = run.get("command")
     command_text = shlex.join(command) if command else "(run from Python)"
-    data = {"run": run, "methods": methods,
+    data = {"run": run, "methods": methods, "inside": inside,
             "results": [{k: v for k, v in r.items() if k not in ("curves", "sanity")} for r in records]}
     script_hash = base64.b64encode(hashlib.sha256(_JS.encode("utf-8")).digest()).decode("ascii")
     csp = f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'sha256-{script_hash}'"
@@ -303,6 +306,7 @@ def render(out: Path, *, run: dict[str, Any], methods: dict[str, dict[str, Any]]
 <details class="hint"><summary>what the columns mean</summary><ul>{help_items}</ul>
 <p>Pointing tolerance: {esc(tolerance)} model-input pixels. Curves use {esc(config.get('step') or 'H*W/224')}
 pixels per step. Click a column header to sort.</p></details>
+{render_section(out, inside)}
 <h2>Images &times; methods</h2>
 {_grid(out, groups, names)}
 <h2>Metrics per image and method</h2>

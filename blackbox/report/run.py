@@ -8,6 +8,7 @@ DIR/items/<key>/<method>.png   overlay
 DIR/items/<key>/<method>.npz   raw maps (Explanation.save_npz)
 DIR/items/<key>/<method>.json  the item's record: the source of truth, written last
 DIR/results.json, results.csv, index.html   regenerated at the end from the item records
+DIR/inside/...                 with ``visualize=True``: the model-level section (see blackbox.report.inside)
 ```
 
 ``resume=True`` skips an item whose record says ``ok`` for the same configuration (a hash of the model,
@@ -108,6 +109,7 @@ class ReportSummary:
     records: list[dict[str, Any]]
     methods: dict[str, dict[str, Any]]
     redone: list[dict[str, str]] = field(default_factory=list)  # resumed items done again, and why
+    inside: dict[str, Any] | None = None  # the model-level section (visualize=True), as in results.json
 
     @property
     def failed(self) -> int:
@@ -510,6 +512,9 @@ def run_report(model: Any, inputs: Sequence[str] | Sequence[Entry], config: Repo
         from ..api import resolve_target
 
         resolve_target(model, config.target, None)
+    from .inside import check_config
+
+    concepts = check_config(config)  # a bad --concepts folder or --visualize-steps: before any work
     if inputs and all(isinstance(e, Entry) for e in inputs):
         entries = list(inputs)
     else:
@@ -524,11 +529,11 @@ def run_report(model: Any, inputs: Sequence[str] | Sequence[Entry], config: Repo
         raise ParameterError(f"cannot create the output folder {out}: {error.strerror or error}") from None
     with _FolderLock(out):
         remove_stale_temporaries(out)
-        return _run_locked(model, entries, config, out, by_path, by_name, progress)
+        return _run_locked(model, entries, config, out, by_path, by_name, progress, concepts)
 
 
 def _run_locked(model: Any, entries: list[Entry], config: ReportConfig, out: Path, by_path: dict[str, Truth],
-                by_name: dict[str, list[Truth]], progress: bool | None) -> ReportSummary:
+                by_name: dict[str, list[Truth]], progress: bool | None, concepts: Any = None) -> ReportSummary:
     """The run proper, while this process holds the folder's lock."""
     redone: list[dict[str, str]] = []
     card = model_card(model, path=config.model_options.get("model"))
@@ -586,8 +591,15 @@ def _run_locked(model: Any, entries: list[Entry], config: ReportConfig, out: Pat
                 bar.update(1)
     records = collect_records(out, entries, config.methods)
     methods = method_summary(records, config.methods)
-    write_outputs(out, records, methods, config, card, redone=redone)
-    return ReportSummary(out=out, records=records, methods=methods, redone=redone)
+    inside = None
+    if config.visualize:
+        from .inside import build_section, pending
+
+        # the per-image results go to disk first: a failure or a kill in the section never loses them
+        write_outputs(out, records, methods, config, card, redone=redone, inside=pending())
+        inside = build_section(model, config, out, records, card["sha256"], concepts, progress=progress)
+    write_outputs(out, records, methods, config, card, redone=redone, inside=inside)
+    return ReportSummary(out=out, records=records, methods=methods, redone=redone, inside=inside)
 
 
 def collect_records(out: Path, entries: Sequence[Entry], methods: Sequence[str]) -> list[dict[str, Any]]:
@@ -658,17 +670,23 @@ def results_csv(records: Sequence[dict[str, Any]]) -> str:
 
 
 def write_outputs(out: Path, records: Sequence[dict[str, Any]], methods: dict[str, dict[str, Any]],
-                  config: ReportConfig, card: dict[str, Any], *, redone: Sequence[dict[str, str]] = ()) -> None:
-    """results.json, results.csv and index.html from the records (each written atomically)."""
+                  config: ReportConfig, card: dict[str, Any], *, redone: Sequence[dict[str, str]] = (),
+                  inside: dict[str, Any] | None = None) -> None:
+    """results.json, results.csv and index.html from the records (each written atomically); ``inside``:
+    the model-level section, recorded in results.json and shown on the page."""
     from ..methods import METHODS
     from .html import render
 
     run = {"config": config.to_dict(), "command": config.command, "model": card,
            "registered_methods": sorted(METHODS), "versions": _versions(), "redone": list(redone)}
-    write_text_atomic(out / "results.json", _dumps({"run": run, "methods": methods, "results": list(records)}))
+    summary: dict[str, Any] = {"run": run, "methods": methods}
+    if inside is not None:
+        summary["inside"] = inside
+    write_text_atomic(out / "results.json", _dumps({**summary, "results": list(records)}))
     write_text_atomic(out / "results.csv", results_csv(records))
     write_text_atomic(out / "index.html", render(out, run=jsonable(run), methods=jsonable(methods),
-                                                 records=jsonable(list(records))))
+                                                 records=jsonable(list(records)),
+                                                 inside=jsonable(inside) if inside is not None else None))
 
 
 def _versions() -> dict[str, str]:
