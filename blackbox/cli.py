@@ -1,4 +1,5 @@
-"""The ``blackbox`` command line: info, predict, explain, report, methods.
+"""The ``blackbox`` command line: info, predict, explain, report, methods (and, in :mod:`.cli_visualize`,
+layers, visualize, concepts).
 
 User mistakes (BlackboxError, and argparse's own complaints) print one line and exit 2; outputs are
 written only when an item succeeded, each file atomically. Everything shown to a person goes through
@@ -100,8 +101,10 @@ def _check_images(paths: Sequence[str]) -> None:
         check_input_file(path, "image file", error=ImageError)
 
 
-def _model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="path to the ONNX classifier")
+def _model_arguments(parser: argparse.ArgumentParser, *, positional: bool = True) -> None:
+    """The model and how to read it; ``positional=False`` for parsers whose parent takes MODEL."""
+    if positional:
+        parser.add_argument("model", help="path to the ONNX classifier")
     parser.add_argument("--preset", help="preprocessing preset: imagenet, caffe, mnist, mnist-normalized, cifar, "
                                          "none, raw (default: the model's metadata, else none)")
     parser.add_argument("--labels", help="labels file: one name per line, 'index,name' or ImageNet synset lines")
@@ -142,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("methods", help="list the available methods and their parameters")
     _report_arguments(sub)
+    from .cli_visualize import add_parsers
+
+    add_parsers(sub)  # layers, concepts, visualize
     return parser
 
 
@@ -181,6 +187,13 @@ def _report_arguments(sub) -> None:
     report.add_argument("--sanity-layers", type=_positive_int, default=5,
                         help="how many layers (from the output) to randomise for --metrics sanity (default 5)")
     report.add_argument("--colormap", help="colour map for the overlays (default jet; diverging for signed maps)")
+    report.add_argument("--visualize", action="store_true",
+                        help="add a model-level section: filters, activation maximisation of the top classes, "
+                             "and a dissection table with --concepts")
+    report.add_argument("--concepts", metavar="DIR", help="concept folder for the --visualize dissection table "
+                                                          "(DIR/images/, DIR/masks/CONCEPT/; see 'blackbox concepts')")
+    report.add_argument("--visualize-steps", type=_positive_int,
+                        help="activation maximisation steps for --visualize (default 128)")
 
 
 def _load(args: argparse.Namespace):
@@ -303,6 +316,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     methods = parse_methods(args.methods)
     params = parse_method_params(args.param, methods)
     metrics = parse_metrics(args.metrics)
+    if not args.visualize and (args.concepts is not None or args.visualize_steps is not None):
+        raise ParameterError("--concepts and --visualize-steps belong to the --visualize section; add --visualize")
     _check_out(args.out)
     entries = expand_inputs(args.inputs)
     if not entries:
@@ -314,6 +329,8 @@ def cmd_report(args: argparse.Namespace) -> int:
                           seed=args.seed, metrics=metrics, targets_csv=args.targets_csv, resume=args.resume,
                           top=args.top, step=args.step, tolerance=args.tolerance, sanity_mode=args.sanity_mode,
                           sanity_layers=args.sanity_layers, colormap=args.colormap,
+                          visualize=args.visualize, concepts=args.concepts,
+                          **({} if args.visualize_steps is None else {"visualize_steps": args.visualize_steps}),
                           command=_report_command(args, methods),
                           model_options=options)
     summary = run_report(model, entries, config)
@@ -349,16 +366,24 @@ def _report_command(args: argparse.Namespace, methods: Sequence[str]) -> list[st
                 "--sanity-mode", args.sanity_mode, "--sanity-layers", str(args.sanity_layers)]
     for item in args.param:
         command += ["--param", item]
+    if args.visualize:
+        command.append("--visualize")
+        if args.concepts is not None:
+            command += ["--concepts", args.concepts]
+        if args.visualize_steps is not None:
+            command += ["--visualize-steps", str(args.visualize_steps)]
     return command
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; a user error is one ``blackbox: error:`` line and exit 2, warnings follow the
     work (``blackbox: warning:`` lines) and leave the exit code alone."""
+    from .cli_visualize import HANDLERS
+
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {"info": cmd_info, "predict": cmd_predict, "explain": cmd_explain, "methods": cmd_methods,
-                "report": cmd_report}
+                "report": cmd_report, **HANDLERS}
     _warnings.clear()
     try:
         code = handlers[args.command](args)
@@ -380,4 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run the imported module's main, not this __main__ copy: cli_visualize shares blackbox.cli's warnings
+    from blackbox.cli import main as _main
+
+    sys.exit(_main())
