@@ -20,6 +20,7 @@ from typing import Any, Sequence
 from .cli import (_check_out, _load, _model_arguments, _non_negative_float, _positive_int, _print,
                   _seed, _warn, _whole_number)
 from .errors import BlackboxError, ImageError, ParameterError, TargetError, UnsupportedOpError
+from .visualize.objectives import CLASS_SCORES
 
 VIEWS = ("am", "dream", "invert", "top", "dissect", "filters", "activations", "embed")
 FORWARD_ONLY = "filters, activations, embed, top --no-projections and dissect"
@@ -135,8 +136,8 @@ def add_parsers(sub) -> None:
     am.add_argument("--n", type=_whole_number(1), default=1, help="images per objective, kept diverse (default 1)")
     am.add_argument("--diversity", type=_non_negative_float, help="weight of the diversity term when --n > 1 "
                                                                    "(default 100)")
-    am.add_argument("--score", choices=["logit", "probability", "raw"], default="logit",
-                    help="class score to maximise (default logit)")
+    am.add_argument("--score", choices=list(CLASS_SCORES), default="logit",
+                    help="class score to maximise (default logit; log_odds makes the class beat its neighbours)")
     am.add_argument("--image", help="start from this picture instead of noise")
     am.add_argument("--seed", type=_seed, default=0, help="seed for every random choice (default 0)")
 

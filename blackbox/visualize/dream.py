@@ -2,7 +2,8 @@
 
 Gradient ascent on the mean squared activation of ``layer`` (or one channel's mean), starting from
 the picture as the model sees it. Octaves run the same ascent on smaller copies first, so large
-structures grow before fine ones; each octave's result is upsampled as the next one's start. A model
+structures grow before fine ones; what each octave added (its "detail") is upsampled onto the next,
+sharper copy of the picture, so fine structure lost by shrinking is never lost from the result. A model
 with a fixed input size sees every octave resized to that size, through a random jitter each step
 (the classic random roll), by the same resampling the other visualisations use.
 """
@@ -45,18 +46,21 @@ def deep_dream(model: "Model", image: Any, *, layer: str, channel: int | None = 
         raise ParameterError(f"octave_scale must be above 1 and at most 4, got {octave_scale!r}")
     objective = obj.dream(entry.name) if channel is None else obj.channel(entry.name, int(channel))
     height, width = model.image.height, model.image.width
-    current = start_image(model, image, (height, width))[0]  # [c, H, W] display space
+    original = start_image(model, image, (height, width))[0]  # [c, H, W] display space
     spec = TransformSpec(jitter=int(jitter))
-    trace, run = [], None
+    trace, run, detail = [], None, None
     for octave in range(octaves):
         factor = float(octave_scale) ** (octaves - 1 - octave)
         size = (max(8, int(round(height / factor))), max(8, int(round(width / factor))))
-        p = params_.make("rgb", 1, current.shape[0], *size, seed=seed + octave)
-        p.set_image(_resize(current, size)[None])
+        base = _resize(original, size)
+        start = base if detail is None else np.clip(base + _resize(detail, size), 0, 1)
+        p = params_.make("rgb", 1, original.shape[0], *size, seed=seed + octave)
+        p.set_image(start[None])
         run = optimise(model, objective, p, steps=steps, lr=lr, transforms=spec, settings={}, seed=seed + octave,
                        redirect=False, progress=progress, desc=f"deep dream {octave + 1}/{octaves}")
         trace += run.trace
-        current = p.image()[0]
+        detail = p.image()[0] - base  # what dreaming added: carried to the next octave, not re-blurred
+    current = p.image()[0]
     run.trace = trace
     return finish(model, _resize(current, (height, width))[None], run, {
         "method": "deep_dream", "layer": entry.name, "channel": channel, "octaves": octaves,

@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 def objective_graph(model: "Model", objective: Objective) -> onnx.ModelProto:
     """x [N, C, H, W] (internal layout, float32) -> OBJECTIVE [N, 1], pruned to what it reads."""
     image, output = model.float_specs()
-    forward = forward_graph(model.float_graph(), image, output, dict(model.constants), score=objective.score)
+    head = "logit" if objective.score == "log_odds" else objective.score  # log-odds are taken of the logits
+    forward = forward_graph(model.float_graph(), image, output, dict(model.constants), score=head)
     nodes, inits = emit(objective, model)
     g = forward.graph
     g.node.extend(nodes)

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 STEPS = 256
 LR = 0.05
-DIVERSITY = 1e2  # Lucid's weight in its diversity example (channel - 1e2 * diversity)
+DIVERSITY = 1e2  # Lucid's weight in its diversity example (channel - 1e2 * similarity)
 
 
 def resolve_size(model: "Model", size: int | Sequence[int] | None) -> tuple[int, int]:
@@ -108,7 +108,7 @@ def activation_maximization(model: "Model", *, target: int | str | None = None, 
         weight = DIVERSITY if diversity is None else float(diversity)
         if weight:
             div_layer = diversity_layer(model, objective)
-            objective = objective - weight * obj.diversity(div_layer, n)
+            objective = objective + weight * obj.diversity(div_layer, n)
             described |= {"diversity": weight, "diversity_layer": div_layer}
     height, width = resolve_size(model, size)
     settings = priors.resolve(regularizers)

@@ -1,7 +1,7 @@
 """What feature visualisation maximises: objectives as small ONNX expressions over named tensors.
 
 After Lucent's ``objectives``: each objective names the tensor it reads and gives one number per sample;
-objectives add and scale (``channel("mixed4a", 97) - 100 * diversity("mixed4a")``). Here an objective
+objectives add and scale (``channel("mixed4a", 97) + 100 * diversity("mixed4a", n)``). Here an objective
 is a list of weighted terms that :func:`emit` appends to the model's forward graph as ONNX nodes, so a
 single gradient graph returns the objective and its gradient with respect to the input in one pass,
 with the batch still dynamic.
@@ -97,9 +97,16 @@ def _one(kind: str, layer: str | None, description: str, score: str = "logit", *
 
 
 # ------------------------------------------------------------------------------------- constructors
+CLASS_SCORES = ("logit", "log_odds", "probability", "raw")
+
+
 def class_score(target: int, score: str = "logit") -> Objective:
-    """The score of class ``target`` (``logit``: the raw logit, or the log-probability for models that
-    output probabilities; ``probability``; ``raw``)."""
+    """The score of class ``target``: ``logit`` (the network's logits, read before a final Softmax or an
+    int8 output quantizer), ``log_odds`` (``log(p / (1 - p))`` of those logits: the logit minus the
+    log-sum-exp of the others, so the class must beat its neighbours), ``probability`` or ``raw`` (the
+    score head's output)."""
+    if score not in CLASS_SCORES:
+        raise ParameterError(f"unknown score {score!r}: use one of {', '.join(CLASS_SCORES)}")
     return _one("class", None, f"class {target} ({score})", score, target=int(target))
 
 
@@ -132,8 +139,9 @@ def inversion(layer: str, target: np.ndarray) -> Objective:
 
 
 def diversity(layer: str, n: int) -> Objective:
-    """Minus the mean cosine similarity of each sample's Gram matrix of ``layer`` with the other ``n - 1``
-    samples' (Lucent's ``diversity``; summed over samples it is Lucent's value)."""
+    """Minus the summed cosine similarity of each sample's Gram matrix of ``layer`` with the other ``n - 1``
+    samples', over ``n`` (summed over samples it is Lucent's ``diversity``, Lucid's with the sign flipped:
+    higher is more diverse; add it to an objective)."""
     return _one("diversity", layer, f"diversity({layer})", n=int(n))
 
 
@@ -226,49 +234,82 @@ def _unit_column(model: "Model", term: Term) -> np.ndarray:
     return column
 
 
-def _class_scores(model: "Model", score: str) -> str:
-    """The tensor class terms read. ``logit`` means the network's own logits, read where they are still
-    unsaturated: before a final Softmax (a model that outputs probabilities; its log-probability stops
-    growing at 0 once p = 1, where an image is still noise) and before an int8 output's fake
-    quantization (its clip stops at the quantizer's largest logit). Otherwise the score head's output."""
-    if score != "logit":
-        return SCORES
+@dataclass(frozen=True)
+class _Source:
+    """Where class terms read: a tensor of logits (or the score head), optionally recomputed from an int8
+    model's head, and whether the term is the log-odds rather than the logit."""
+
+    tensor: str
+    head: tuple | None = None  # (features, W [D, K], b [K]): logits = features @ W + b
+    log_odds: bool = False
+    notes: tuple[str, ...] = ()
+
+
+def _class_source(model: "Model", score: str) -> _Source:
+    """``logit`` means the network's own logits, read where they are still unsaturated: before a final
+    Softmax (a model that outputs probabilities: its log-probability stops at 0 once p = 1, where the
+    picture is still noise) and before an int8 output's fake quantization. An int8 model's logits all
+    stop at one cap (the quantizer's range: 28.7 on MobileNetV2-int8), so there the class must win by
+    its margin: the term is the log-odds ``log(p / (1 - p)) = l_k - logsumexp_{j != k} l_j`` of the
+    unquantized logits, which keeps growing where ``log p`` stops; when the product is quantized inside
+    the head too (QLinearMatMul + QLinearAdd), the logits are recomputed from the classifier's input
+    with its dequantized weights. Other score spaces read the score head's output."""
+    if score not in ("logit", "log_odds"):
+        return _Source(SCORES)
     graph = model.float_graph()
     producer = {o: n for n in graph.graph.node for o in n.output}
-    name = model.output.name
+    name, quantized, softmax = model.output.name, False, False
     for _ in range(8):
         name = _through(producer, name, ("Identity", "Reshape", "Flatten", "Squeeze"))
         inner = unquantized(producer, name)
         if inner is not None:
-            name = inner
+            name, quantized = inner, True
             continue
         node = producer.get(name)
         if node is not None and node.op_type == "Softmax" and _last_axis_softmax(node, model):
-            name = node.input[0]
-            continue
+            name, softmax = node.input[0], True
         break
-    return SCORES if name == model.output.name else name
+    if quantized:
+        head = _quantized_head(model, name)
+        return _Source(name, head, True, ("int8 model: the class term is the log-odds log(p / (1 - p)) of the "
+                                          "logits before the output's quantization" +
+                                          (" (recomputed from the classifier's input with its dequantized "
+                                           "weights)" if head else "") + ": the int8 logits stop at the "
+                                          "quantizer's range, where a picture is still noise",))
+    if softmax:
+        return _Source(name, log_odds=score == "log_odds",
+                       notes=(f"the class term reads the logits before the model's final Softmax ({name!r})",))
+    return _Source(SCORES, log_odds=score == "log_odds")
+
+
+def _emit_class(e: "_Emitter", model: "Model", target: int, score: str) -> str:
+    column = np.zeros(model.num_classes)
+    column[target] = 1.0
+    source = _class_source(model, score)
+    logits = source.tensor
+    if source.head is not None:
+        features, weights, bias = source.head
+        logits = e.op("Add", [e.op("MatMul", [e.flat(features), e.constant("head", weights.astype(np.float32))],
+                                   "head"), e.constant("bias", bias.astype(np.float32))], "logits")
+    if not source.log_odds:
+        return e.dot(logits, column)
+    flat = e.flat(logits)
+    log_p = e.dot(e.op("LogSoftmax", [flat], "logp", axis=1), column)
+    rest = e.dot(e.op("Softmax", [flat], "p", axis=1), 1.0 - column)
+    tiny = e.constant("tiny", np.array(1e-30, np.float32))
+    return e.op("Sub", [log_p, e.op("Log", [e.op("Add", [rest, tiny], "rest")], "log_rest")], "log_odds")
 
 
 def class_note(model: "Model", objective: Objective) -> list[str]:
     """What a class term really reads, when that is not the plain logit (for ``Visualization.notes``)."""
-    if not any(t.kind == "class" for t in objective.terms) or objective.score != "logit":
+    if not any(t.kind == "class" for t in objective.terms):
         return []
-    name = _class_scores(model, objective.score)
-    if name != SCORES and _quantized_head(model, name) is not None:
-        return ["int8 model: the class term is the log-odds log(p / (1 - p)) of logits recomputed from the "
-                "classifier's input with its dequantized weights (the int8 logits stop at the quantizer's "
-                "range, where a picture is still noise)"]
-    if name != SCORES:
-        return [f"the class term reads the logits before the model's final Softmax ({name!r})"]
-    return []
+    return list(_class_source(model, objective.score).notes)
 
 
 def _quantized_head(model: "Model", logits: str) -> tuple[str, np.ndarray, np.ndarray] | None:
-    """(features, W [D, K], b [K]) when the int8 model's logits are ``features @ W + b`` with the product
-    fake-quantized in between (QLinearMatMul + QLinearAdd): that inner quantizer caps the logit at the
-    calibration range (28.7 on MobileNetV2-int8) long before the picture shows the class, so the class
-    term recomputes the logit from the classifier's input with the dequantized weights."""
+    """(features, W [D, K], b [K]) when an int8 model's logits are ``features @ W + b`` with the product
+    fake-quantized in between (QLinearMatMul + QLinearAdd), else None."""
     from onnx import numpy_helper
 
     graph = model.float_graph().graph
@@ -320,23 +361,7 @@ def unquantized(producer: dict, name: str) -> str | None:
 def _emit_term(e: _Emitter, model: "Model", term: Term, num_classes: int, score: str) -> str:
     """Nodes computing one term, [N, 1]; returns its tensor."""
     if term.kind == "class":
-        target = term.arg("target")
-        column = np.zeros(num_classes)
-        column[target] = 1.0
-        name = _class_scores(model, score)
-        head = _quantized_head(model, name) if name != SCORES else None
-        if head is None:
-            return e.dot(name, column)
-        features, weights, bias = head
-        logits = e.op("Add", [e.op("MatMul", [e.flat(features), e.constant("head", weights.astype(np.float32))],
-                                   "head"), e.constant("bias", bias.astype(np.float32))], "logits")
-        # the log-odds log(p_k / (1 - p_k)) = l_k - logsumexp_{j != k} l_j: a margin over the other classes,
-        # which keeps growing where log p_k stops at 0 (the int8 model's logits all stop at one cap, so
-        # the class must win by its margin, not by its logit alone)
-        log_p = e.dot(e.op("LogSoftmax", [logits], "logp", axis=1), column)
-        rest = e.dot(e.op("Softmax", [logits], "p", axis=1), 1.0 - column)
-        tiny = e.constant("tiny", np.array(1e-30, np.float32))
-        return e.op("Sub", [log_p, e.op("Log", [e.op("Add", [rest, tiny], "rest")], "log_rest")], "log_odds")
+        return _emit_class(e, model, term.arg("target"), score)
     tensor = model.layer(term.layer).tensor
     if term.kind in ("channel", "neuron", "direction"):
         return e.dot(tensor, _unit_column(model, term))
