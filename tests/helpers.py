@@ -54,6 +54,23 @@ def conv_classifier(*, classes: int = 4, channels: int = 3, size: int = 16, layo
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
 
 
+def sine_classifier(size: int = 12) -> onnx.ModelProto:
+    """Conv -> Sin -> GAP -> Gemm: Sin has no gradient rule, so only forward-only taps can read it."""
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array(rng.normal(size=(6, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.normal(size=(4, 6)).astype(np.float32), "fc")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["conv"], pads=[1, 1, 1, 1]),
+             helper.make_node("Sin", ["conv"], ["wave"]),
+             helper.make_node("GlobalAveragePool", ["wave"], ["pooled"]),
+             helper.make_node("Flatten", ["pooled"], ["flat"]),
+             helper.make_node("Gemm", ["flat", "fc"], ["logits"], transB=1)]
+    graph = helper.make_graph(nodes, "sine", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, size, size])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
 # ------------------------------------------------------------------ evidence on the shapes data set
 # Shared by the perturbation-method tests; built on blackbox.metrics, so the tests judge maps with the
 # same pointing game and deletion curve users get.

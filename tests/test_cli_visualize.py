@@ -17,7 +17,7 @@ import blackbox
 from blackbox.cli import _report_command, build_parser, main
 from conftest import MODELS
 from detectors import CONCEPTS, SIZE, concept_image, detector_model, quantized
-from graph.test_layers import sine_classifier
+from helpers import sine_classifier
 
 SHAPES = str(MODELS / "shapes.onnx")
 

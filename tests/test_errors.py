@@ -9,9 +9,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 import blackbox
 from blackbox.errors import ImageError, ModelError, TargetError

@@ -10,9 +10,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 import blackbox
 import blackbox.visualize as V
@@ -23,6 +21,7 @@ from blackbox.report import ReportConfig, run_report
 from blackbox.report.inside import dissection_layers
 
 from conftest import MODELS
+from helpers import save, sine_classifier
 
 SAMPLES = MODELS / "samples"
 IMAGES = [SAMPLES / f"{name}.png" for name in ("circle", "square", "star", "triangle")]
@@ -199,27 +198,9 @@ def test_a_bad_concept_folder_fails_before_any_work(shapes, tmp_path, monkeypatc
     assert counter.calls == {"filters": 0, "activation_maximization": 0, "dissect": 0}
 
 
-def _sine_classifier(path: Path) -> Path:
-    """Conv -> Sin -> GAP -> Gemm: Sin has no gradient rule, so AM is impossible; occlusion still works."""
-    rng = np.random.default_rng(3)
-    inits = [numpy_helper.from_array(rng.normal(size=(6, 3, 3, 3)).astype(np.float32), "w"),
-             numpy_helper.from_array(rng.normal(size=(4, 6)).astype(np.float32), "fc")]
-    nodes = [helper.make_node("Conv", ["x", "w"], ["conv"], pads=[1, 1, 1, 1]),
-             helper.make_node("Sin", ["conv"], ["wave"]),
-             helper.make_node("GlobalAveragePool", ["wave"], ["pooled"]),
-             helper.make_node("Flatten", ["pooled"], ["flat"]),
-             helper.make_node("Gemm", ["flat", "fc"], ["logits"], transB=1)]
-    graph = helper.make_graph(nodes, "sine", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
-
-
 def test_a_model_without_gradients_keeps_its_results_and_says_why_in_one_line(tmp_path, concepts):
     evil = "<script>alert(1)</script>"
-    model = blackbox.load(_sine_classifier(tmp_path / "sine.onnx"), device="cpu", labels=[evil, "b", "c", "d"])
+    model = blackbox.load(save(sine_classifier(16), tmp_path / "sine.onnx"), device="cpu", labels=[evil, "b", "c", "d"])
     out = tmp_path / "out"
     summary = run_report(model, IMAGES[:2], _config(out, concepts=str(concepts)), progress=False)
     assert summary.ok == 2 and summary.failed == 0  # the per-image results are all there

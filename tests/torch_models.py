@@ -12,7 +12,6 @@ import io
 import warnings
 
 import onnx
-import pytest
 import torch
 
 nn = torch.nn

@@ -244,7 +244,7 @@ def _items_table(records: Sequence[dict[str, Any]]) -> str:
     rows = []
     for r in records:
         m = r.get("metrics") or {}
-        status = (f'<span class="ok">ok</span>' if r.get("status") == "ok"
+        status = ('<span class="ok">ok</span>' if r.get("status") == "ok"
                   else f'<span class="bad">failed</span>: {esc(r.get("error"))}')
         cells = "".join(_num_cell(m.get(c) if c in m else r.get(c)) for c in columns)
         rows.append(f"<tr><td>{esc(Path(str(r.get('image'))).name)}</td><td>{esc(r.get('method'))}</td>"

@@ -13,23 +13,7 @@ from blackbox.errors import ParameterError, UnsupportedOpError
 from blackbox.graph.layers import discover_layers, with_taps
 from blackbox.inputs import prepare
 from conftest import IMAGENET_LABELS, real
-
-
-def sine_classifier() -> onnx.ModelProto:
-    """Conv -> Sin -> GAP -> Gemm: Sin has no gradient rule, so only forward-only taps can read it."""
-    rng = np.random.default_rng(3)
-    inits = [numpy_helper.from_array(rng.normal(size=(6, 3, 3, 3)).astype(np.float32), "w"),
-             numpy_helper.from_array(rng.normal(size=(4, 6)).astype(np.float32), "fc")]
-    nodes = [helper.make_node("Conv", ["x", "w"], ["conv"], pads=[1, 1, 1, 1]),
-             helper.make_node("Sin", ["conv"], ["wave"]),
-             helper.make_node("GlobalAveragePool", ["wave"], ["pooled"]),
-             helper.make_node("Flatten", ["pooled"], ["flat"]),
-             helper.make_node("Gemm", ["flat", "fc"], ["logits"], transB=1)]
-    graph = helper.make_graph(nodes, "sine", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 12, 12])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    return model
+from helpers import sine_classifier
 
 
 def test_layers_are_listed_in_graph_order_with_per_sample_shapes():
@@ -99,6 +83,38 @@ def test_int8_model_layers_come_from_the_dequantized_float_view():
     assert values.dtype == np.float32 and values.shape[1:] == model.layer(name).shape
     assert values.std() > 0  # real activations, not an empty tensor
     assert "int8" in " ".join(model.precision_notes)
+
+
+def test_int8_layers_carry_the_quantized_models_own_names_and_values():
+    """A dequantized copy's tensors are listed under the names of the quantized tensors they stand for, and
+    hold exactly those tensors' values: the int8 model's own uint8 tensor, dequantized by hand."""
+    path = real("models", "mobilenetv2-12-int8.onnx")
+    model = blackbox.load(path, preprocess="imagenet", device="cpu")
+    names = [layer.name for layer in model.layers()]
+    assert not any(name.startswith("dq/") for name in names)
+    first = model.layer("474_quantized")
+    assert first.op_type == "QLinearConv" and first.shape == (32, 112, 112) and first.tensor != first.name
+    assert model.layer(first.tensor) == first  # the float copy's own name finds it too
+    assert model.default_cam_layer() == "627_quantized"
+    sample = prepare(model, str(real("images", "flamingo.jpg")))
+    ours = model.activations(sample.x[None], ["474_quantized"])["474_quantized"][0]
+    proto = onnx.load(str(path))
+    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    session = ort.InferenceSession(with_taps_typed(proto, "474_quantized").SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    (quantized,) = session.run(["474_quantized"], {"input": sample.x[None]})
+    theirs = (quantized[0].astype(np.float32) - inits["474_zero_point"]) * inits["474_scale"]
+    step = float(inits["474_scale"])
+    assert np.mean(np.abs(ours - theirs) <= 1e-6) > 0.999  # the same values, up to a rare one-step rounding
+    assert np.abs(ours - theirs).max() <= step + 1e-6
+
+
+def with_taps_typed(proto: onnx.ModelProto, name: str) -> onnx.ModelProto:
+    """``proto`` that also returns the uint8 tensor ``name``."""
+    tapped = onnx.ModelProto()
+    tapped.CopyFrom(proto)
+    tapped.graph.output.append(helper.make_tensor_value_info(name, TensorProto.UINT8, None))
+    return tapped
 
 
 def test_discover_layers_is_pure():

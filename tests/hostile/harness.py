@@ -34,6 +34,19 @@ class Outcome:
         return [line for line in self.stderr.splitlines() if line.strip()]
 
 
+def run_main(args: Sequence[str], capsys) -> Outcome:
+    """``blackbox.cli.main(args)`` in this process, as an Outcome (argparse's exit becomes the code)."""
+    from blackbox.cli import main
+
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as stop:
+        code = stop.code
+    captured = capsys.readouterr()
+    return Outcome(int(code), captured.out, captured.err, 0)
+
+
 def run_cli(args: Sequence[str], *, cwd: Path | None = None, memory_limit: int | None = DEFAULT_LIMIT,
             timeout: float = 180, env: dict[str, str] | None = None, stdin: str | None = None) -> Outcome:
     """``python -m blackbox.cli ARGS`` in a child process with an address-space limit."""

@@ -19,14 +19,13 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import blackbox
-from blackbox.cli import main
 from blackbox.errors import ParameterError, TargetError
 from blackbox.labels import read_labels
 from blackbox.methods import METHODS
 from blackbox.methods.base import EVALUATION_LIMIT, MEMORY_LIMIT
 from blackbox.text import printable
 from conftest import IMAGENET_LABELS, MODELS, real
-from harness import Outcome, assert_user_error, run_cli, snapshot
+from harness import assert_user_error, run_cli, run_main, snapshot
 from helpers import conv_classifier, save
 
 SHAPES = str(MODELS / "shapes.onnx")
@@ -34,15 +33,6 @@ STAR = MODELS / "samples" / "star.png"
 ESCAPES = "\x1b]0;pwned\x07\x1b[2J\x9b"
 
 
-def run_main(args: list[str], capsys) -> Outcome:
-    """``blackbox.cli.main(args)`` in this process, as an Outcome (argparse's exit becomes the code)."""
-    capsys.readouterr()
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as stop:
-        code = stop.code
-    captured = capsys.readouterr()
-    return Outcome(int(code), captured.out, captured.err, 0)
 
 
 @pytest.fixture

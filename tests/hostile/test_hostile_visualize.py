@@ -17,24 +17,15 @@ import numpy as np
 import onnx
 import pytest
 
-from blackbox.cli import main
 from conftest import MODELS
 from detectors import CONCEPTS, concept_image, detector_model
-from graph.test_layers import sine_classifier
-from harness import Outcome, assert_user_error, run_cli, snapshot
+from helpers import sine_classifier
+from harness import assert_user_error, run_cli, run_main, snapshot
 
 SHAPES = str(MODELS / "shapes.onnx")
 ESCAPES = "\x1b]0;pwned\x07\x1b[2J\x9b"
 
 
-def run_main(args: list[str], capsys) -> Outcome:
-    capsys.readouterr()
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as stop:
-        code = stop.code
-    captured = capsys.readouterr()
-    return Outcome(int(code), captured.out, captured.err, 0)
 
 
 def _png(path: Path, pixels: np.ndarray) -> None:

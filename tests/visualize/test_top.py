@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from conftest import MODELS, real
 from detectors import CONCEPTS, SIZE, concept_image, detector_model, quantized
-from graph.test_layers import sine_classifier
+from helpers import sine_classifier
 from onnx import TensorProto
 
 import blackbox
