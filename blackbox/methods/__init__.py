@@ -10,9 +10,9 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from .base import METHODS, Context, MethodSpec, Result, register
+from .base import METHODS, Context, MethodSpec, Result, batched, register
 
-__all__ = ["METHODS", "Context", "MethodSpec", "Result", "register"]
+__all__ = ["METHODS", "Context", "MethodSpec", "Result", "batched", "register"]
 
 for _info in pkgutil.iter_modules(__path__):
     if _info.name != "base" and not _info.name.startswith("_"):

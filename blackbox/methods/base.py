@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import inspect
 import json
 import math
@@ -203,6 +205,9 @@ class MethodSpec:
     # bytes of the method's own arrays for resolved parameters, an input of internal shape (C, H, W)
     # and the model's layout ("NCHW", "NHWC", "NHW")
     memory: Callable[[dict[str, Any], tuple[int, int, int], str], int] | None = None
+    # several images at once: fn(contexts, **params) -> one Result per context, equal to calling
+    # ``function`` on each; set with :func:`batched`. ``blackbox.explain_many`` uses it when present.
+    many: Callable[..., list[Result]] | None = None
 
     def parameters(self) -> dict[str, Any]:
         """The method's own keyword parameters and their defaults."""
@@ -278,6 +283,19 @@ def register(name: str, *, default_score: str, kind: str, summary: str, params: 
     def wrap(function: Callable[..., Result]) -> Callable[..., Result]:
         METHODS[name] = MethodSpec(name, function, default_score, kind, summary, _declared(function, params or {}),
                                    evaluations, memory)
+        return function
+
+    return wrap
+
+
+def batched(name: str) -> Callable:
+    """Decorator: the several-images form of the registered method ``name``, ``fn(contexts, **params) ->
+    list[Result]`` (same keyword parameters; results equal to one call per context, to float tolerance),
+    so a batch of images shares model calls."""
+
+    def wrap(function: Callable[..., list[Result]]) -> Callable[..., list[Result]]:
+        spec = METHODS[name]
+        METHODS[name] = dataclasses.replace(spec, many=function)
         return function
 
     return wrap
