@@ -272,8 +272,11 @@ def _sanity(records: Sequence[dict[str, Any]]) -> str:
 
 
 def render(out: Path, *, run: dict[str, Any], methods: dict[str, dict[str, Any]],
-           records: Sequence[dict[str, Any]], inside: dict[str, Any] | None = None) -> str:
-    """The page as a string (the caller writes it atomically); ``inside``: the model-level section."""
+           records: Sequence[dict[str, Any]], inside: dict[str, Any] | None = None,
+           sections: Sequence[str] = ()) -> str:
+    """The page as a string (the caller writes it atomically); ``inside``: the model-level section;
+    ``sections``: more HTML fragments (already escaped by their makers, e.g. the data-set findings),
+    shown after the methods summary."""
     from .inside import render_section
 
     out = Path(out)
@@ -306,6 +309,7 @@ def render(out: Path, *, run: dict[str, Any], methods: dict[str, dict[str, Any]]
 <details class="hint"><summary>what the columns mean</summary><ul>{help_items}</ul>
 <p>Pointing tolerance: {esc(tolerance)} model-input pixels. Curves use {esc(config.get('step') or 'H*W/224')}
 pixels per step. Click a column header to sort.</p></details>
+{"".join(sections)}
 {render_section(out, inside)}
 <h2>Images &times; methods</h2>
 {_grid(out, groups, names)}

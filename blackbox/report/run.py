@@ -671,9 +671,10 @@ def results_csv(records: Sequence[dict[str, Any]]) -> str:
 
 def write_outputs(out: Path, records: Sequence[dict[str, Any]], methods: dict[str, dict[str, Any]],
                   config: ReportConfig, card: dict[str, Any], *, redone: Sequence[dict[str, str]] = (),
-                  inside: dict[str, Any] | None = None) -> None:
+                  inside: dict[str, Any] | None = None, sections: Sequence[str] = ()) -> None:
     """results.json, results.csv and index.html from the records (each written atomically); ``inside``:
-    the model-level section, recorded in results.json and shown on the page."""
+    the model-level section, recorded in results.json and shown on the page; ``sections``: more HTML
+    fragments for the page."""
     from ..methods import METHODS
     from .html import render
 
@@ -686,7 +687,8 @@ def write_outputs(out: Path, records: Sequence[dict[str, Any]], methods: dict[st
     write_text_atomic(out / "results.csv", results_csv(records))
     write_text_atomic(out / "index.html", render(out, run=jsonable(run), methods=jsonable(methods),
                                                  records=jsonable(list(records)),
-                                                 inside=jsonable(inside) if inside is not None else None))
+                                                 inside=jsonable(inside) if inside is not None else None,
+                                                 sections=sections))
 
 
 def _versions() -> dict[str, str]:
