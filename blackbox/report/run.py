@@ -683,12 +683,22 @@ def write_outputs(out: Path, records: Sequence[dict[str, Any]], methods: dict[st
     summary: dict[str, Any] = {"run": run, "methods": methods}
     if inside is not None:
         summary["inside"] = inside
+    from .findings import compute_findings, render_section as findings_section
+
+    try:  # the data-set findings (blackbox.report.findings): never the reason a report is lost
+        found = compute_findings(out, records, card)
+        page_findings = findings_section(out, found)
+    except Exception as error:  # noqa: BLE001
+        found = {"findings": [], "classes": {}, "error": _error_text(error)}
+        page_findings = findings_section(out, None, error=found["error"])
+    summary["findings"] = found["findings"]
+    write_text_atomic(out / "summary.json", _dumps({"methods": methods, **found}))
     write_text_atomic(out / "results.json", _dumps({**summary, "results": list(records)}))
     write_text_atomic(out / "results.csv", results_csv(records))
     write_text_atomic(out / "index.html", render(out, run=jsonable(run), methods=jsonable(methods),
                                                  records=jsonable(list(records)),
                                                  inside=jsonable(inside) if inside is not None else None,
-                                                 sections=sections))
+                                                 sections=[*sections, page_findings]))
 
 
 def _versions() -> dict[str, str]:
