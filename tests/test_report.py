@@ -87,9 +87,14 @@ def test_labels_are_escaped(labelled_run):
     page = (out / "index.html").read_text()
     assert EVIL not in page and "alert(1)</script>" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page  # shown as text (square.png is class 1)
-    assert page.count("<script") == 2  # our JSON data block and our own script, nothing else
-    data = page.split('<script type="application/json" id="blackbox-results">')[1].split("</script>")[0]
-    assert "\\u003cscript\\u003e" in data and json.loads(data)["results"][2]["label"] == EVIL
+    # the summary JSON, the per-record data file beside the page and our own script, nothing else
+    assert page.count("<script") == 3 and '<script src="results.js"></script>' in page
+    data = page.split('<script type="application/json" id="blackbox-summary">')[1].split("</script>")[0]
+    assert "\\u003cscript\\u003e" in data and json.loads(data)["run"]["model"]["labels"]["first"][1] == EVIL
+    script = (out / "results.js").read_text()
+    assert script.startswith("window.__blackbox=") and script.endswith(";\n") and EVIL not in script
+    rows = json.loads(script[len("window.__blackbox="):-2])["records"]
+    assert rows[2]["l"] == EVIL and "\\u003cscript\\u003e" in script
     rows = list(csv.DictReader(io.StringIO((out / "results.csv").read_text())))
     assert rows[2]["label"] == EVIL  # the CSV keeps the data; it starts no formula
 

@@ -695,6 +695,9 @@ def write_outputs(out: Path, records: Sequence[dict[str, Any]], methods: dict[st
     write_text_atomic(out / "summary.json", _dumps({"methods": methods, **found}))
     write_text_atomic(out / "results.json", _dumps({**summary, "results": list(records)}))
     write_text_atomic(out / "results.csv", results_csv(records))
+    from .tables import write_parquet
+
+    write_parquet(out / "results.parquet", records)  # the same rows, typed (pyarrow)
     write_text_atomic(out / "index.html", render(out, run=jsonable(run), methods=jsonable(methods),
                                                  records=jsonable(list(records)),
                                                  inside=jsonable(inside) if inside is not None else None,
