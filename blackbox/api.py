@@ -11,6 +11,7 @@ from .errors import ParameterError
 from .explanation import Explanation
 from .inputs import from_internal, prepare
 from .methods import METHODS, Context
+from .methods.base import MethodSpec, Result
 from .model import SCORE_SPACES, Model
 
 
@@ -39,28 +40,24 @@ def flat_map_notes(heatmap: np.ndarray) -> list[str]:
     return []
 
 
-def explain(model: Model, x: Any, method: str = "occlusion", *, target: int | str | None = None,
-            score: str | None = None, seed: int | None = 0, progress: bool = False, **params: Any) -> Explanation:
-    """Explain the model's score for ``target`` on ``x`` with ``method``.
-
-    ``x``: an image path, an H x W x C uint8 picture (preprocessed; the heatmap is mapped back onto it), or
-    a float array shaped like one model input (used as is; the heatmap stays in model space).
-    ``score``: "probability", "logit" or "raw" (default: the method's own, see ``METHODS[name]``).
-    ``seed`` fixes every random choice. Method parameters go in ``params``.
-    """
+def check_request(model: Model, method: str, score: str | None) -> tuple[MethodSpec, str]:
+    """The method's spec and the score space to explain, refused before any work when unknown."""
     if method not in METHODS:
         raise ParameterError(f"unknown method {method!r}; available: {', '.join(sorted(METHODS))}")
     spec = METHODS[method]
     score = score or spec.default_score
     if score not in SCORE_SPACES:
         raise ParameterError(f"unknown score {score!r}: use one of {', '.join(SCORE_SPACES)}")
-    sample = prepare(model, x)
-    spec.check_params(params, shape=sample.x.shape, layout=model.layout)
-    index = resolve_target(model, target, sample.x)
-    ctx = Context(model=model, sample=sample, target=index, score=score, seed=seed, progress=progress)
-    start = time.perf_counter()
-    result = spec.function(ctx, **params)
-    seconds = time.perf_counter() - start
+    return spec, score
+
+
+def build_explanation(spec: MethodSpec, ctx: Context, result: Result, params: dict[str, Any], seconds: float,
+                      target_score: float | None = None) -> Explanation:
+    """A method's Result -> the Explanation the user sees: the map taken back onto the picture, the
+    attributions in the model's layout, the parameters used and the notes. One place, so ``explain`` and
+    ``explain_many`` build identical Explanations; ``target_score`` may come from a batched forward pass
+    (default: one pass for this sample)."""
+    model, sample = ctx.model, ctx.sample
     model_heatmap = np.asarray(result.heatmap, dtype=np.float32)
     if sample.model_space:
         heatmap, picture, seen = model_heatmap, model.preprocess.display(sample.x), None
@@ -69,8 +66,29 @@ def explain(model: Model, x: Any, method: str = "occlusion", *, target: int | st
         seen = sample.geometry.seen()  # outside a centre crop: unseen
     attributions = from_internal(model, result.attributions) if result.pixel_attributions else result.attributions
     used = {**spec.parameters(), **params}
-    return Explanation(method=method, target=index, label=model.label(index), target_score=ctx.target_score(),
-                       score=score, attributions=np.asarray(attributions), heatmap=heatmap,
+    score_value = ctx.target_score() if target_score is None else float(target_score)
+    return Explanation(method=spec.name, target=ctx.target, label=model.label(ctx.target), target_score=score_value,
+                       score=ctx.score, attributions=np.asarray(attributions), heatmap=heatmap,
                        model_heatmap=model_heatmap, image=picture, params=used, n_evals=int(result.n_evals),
                        seconds=seconds, source=sample.source, notes=list(result.notes) + flat_map_notes(model_heatmap),
                        extras=result.extras, seen=seen)
+
+
+def explain(model: Model, x: Any, method: str = "occlusion", *, target: int | str | None = None,
+            score: str | None = None, seed: int | None = 0, progress: bool = False, **params: Any) -> Explanation:
+    """Explain the model's score for ``target`` on ``x`` with ``method``.
+
+    ``x``: an image path, an H x W x C uint8 picture (preprocessed; the heatmap is mapped back onto it), or
+    a float array shaped like one model input (used as is; the heatmap stays in model space).
+    ``score``: "probability", "logit" or "raw" (default: the method's own, see ``METHODS[name]``).
+    ``seed`` fixes every random choice. Method parameters go in ``params``.
+    Several images: :func:`blackbox.explain_many` (batched across images, same results).
+    """
+    spec, score = check_request(model, method, score)
+    sample = prepare(model, x)
+    spec.check_params(params, shape=sample.x.shape, layout=model.layout)
+    index = resolve_target(model, target, sample.x)
+    ctx = Context(model=model, sample=sample, target=index, score=score, seed=seed, progress=progress)
+    start = time.perf_counter()
+    result = spec.function(ctx, **params)
+    return build_explanation(spec, ctx, result, params, time.perf_counter() - start)

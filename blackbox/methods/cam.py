@@ -29,13 +29,14 @@ Defaults and conventions:
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 
 import numpy as np
 
 from ..errors import ParameterError
 from ..graph.autodiff import GUIDED
 from ..masks import linear_matrix
-from .base import Context, Result, register
+from .base import Context, Result, batched, register
 
 _XGRAD_EPS = 1e-7  # pytorch-grad-cam's XGradCAM stabiliser on sum(A)
 
@@ -58,10 +59,26 @@ def resolve_layer(model, layer: str | None) -> str:
 
 def layer_gradients(ctx: Context, layer: str) -> tuple[np.ndarray, np.ndarray]:
     """One backward pass: (activations [K, h, w], gradients [K, h, w]) in float64 for the target's score."""
-    engine = ctx.model.gradients
-    out = engine.run(ctx.x[None], engine.one_hot(ctx.target), score=ctx.score, taps=(layer,))
+    return layer_gradients_many([ctx], layer)[0]
+
+
+def _seeds(contexts: Sequence[Context]) -> np.ndarray:
+    """One one-hot row per image, at its own target (images of one batch explain different classes)."""
+    seed = np.zeros((len(contexts), contexts[0].model.num_classes), np.float32)
+    seed[np.arange(len(contexts)), [ctx.target for ctx in contexts]] = 1.0
+    return seed
+
+
+def _inputs(contexts: Sequence[Context]) -> np.ndarray:
+    return np.stack([ctx.x for ctx in contexts])
+
+
+def layer_gradients_many(contexts: Sequence[Context], layer: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """:func:`layer_gradients` of several images in one gradient-graph call (each row its own target)."""
+    out = contexts[0].model.gradients.run(_inputs(contexts), _seeds(contexts), score=contexts[0].score,
+                                          taps=(layer,))
     value, grad = out.taps[layer]
-    return value[0].astype(np.float64), grad[0].astype(np.float64)
+    return [(value[i].astype(np.float64), grad[i].astype(np.float64)) for i in range(len(contexts))]
 
 
 def upsample_map(cam: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -124,14 +141,22 @@ class HiResCAM(BaseCAM):
         return grads
 
 
+def _cam_results(contexts: Sequence[Context], variant: BaseCAM, layer: str | None) -> list[Result]:
+    """A CAM variant for several images: one tapped gradient call, then per-image arithmetic."""
+    name = resolve_layer(contexts[0].model, layer)
+    results = []
+    for ctx, (activations, grads) in zip(contexts, layer_gradients_many(contexts, name)):
+        cam = variant.cam(activations, grads)
+        _, height, width = ctx.shape
+        results.append(Result(attributions=cam.astype(np.float32),
+                              heatmap=upsample_map(cam, height, width).astype(np.float32), n_evals=1,
+                              pixel_attributions=False, notes=list(ctx.model.gradients.notes),
+                              extras={"layer": name, "layer_shape": list(activations.shape)}))
+    return results
+
+
 def _cam_result(ctx: Context, variant: BaseCAM, layer: str | None) -> Result:
-    name = resolve_layer(ctx.model, layer)
-    activations, grads = layer_gradients(ctx, name)
-    cam = variant.cam(activations, grads)
-    _, height, width = ctx.shape
-    return Result(attributions=cam.astype(np.float32), heatmap=upsample_map(cam, height, width).astype(np.float32),
-                  n_evals=1, pixel_attributions=False, notes=list(ctx.model.gradients.notes),
-                  extras={"layer": name, "layer_shape": list(activations.shape)})
+    return _cam_results([ctx], variant, layer)[0]
 
 
 _SUMMARY = "{} on a spatial layer (default: the last before global pooling); raw map at layer resolution"
@@ -144,11 +169,23 @@ def grad_cam(ctx: Context, *, layer: str | None = None) -> Result:
     return _cam_result(ctx, GradCAM(), layer)
 
 
+@batched("grad_cam")
+def grad_cam_many(contexts: Sequence[Context], *, layer: str | None = None) -> list[Result]:
+    """grad_cam of several images in one gradient-graph call."""
+    return _cam_results(contexts, GradCAM(), layer)
+
+
 @register("grad_cam_pp", default_score="logit", kind="gradient",
           summary=_SUMMARY.format("Grad-CAM++: channels weighted by alpha-weighted positive gradients"))
 def grad_cam_pp(ctx: Context, *, layer: str | None = None) -> Result:
     """``layer``: tensor name (default None: the last spatial activation before global pooling)."""
     return _cam_result(ctx, GradCAMPlusPlus(), layer)
+
+
+@batched("grad_cam_pp")
+def grad_cam_pp_many(contexts: Sequence[Context], *, layer: str | None = None) -> list[Result]:
+    """grad_cam_pp of several images in one gradient-graph call."""
+    return _cam_results(contexts, GradCAMPlusPlus(), layer)
 
 
 @register("xgrad_cam", default_score="logit", kind="gradient",
@@ -158,11 +195,23 @@ def xgrad_cam(ctx: Context, *, layer: str | None = None) -> Result:
     return _cam_result(ctx, XGradCAM(), layer)
 
 
+@batched("xgrad_cam")
+def xgrad_cam_many(contexts: Sequence[Context], *, layer: str | None = None) -> list[Result]:
+    """xgrad_cam of several images in one gradient-graph call."""
+    return _cam_results(contexts, XGradCAM(), layer)
+
+
 @register("layer_cam", default_score="logit", kind="gradient",
           summary=_SUMMARY.format("LayerCAM: activations weighted element-wise by positive gradients"))
 def layer_cam(ctx: Context, *, layer: str | None = None) -> Result:
     """``layer``: tensor name (default None: the last spatial activation before global pooling)."""
     return _cam_result(ctx, LayerCAM(), layer)
+
+
+@batched("layer_cam")
+def layer_cam_many(contexts: Sequence[Context], *, layer: str | None = None) -> list[Result]:
+    """layer_cam of several images in one gradient-graph call."""
+    return _cam_results(contexts, LayerCAM(), layer)
 
 
 @register("hires_cam", default_score="logit", kind="gradient",
@@ -172,6 +221,12 @@ def hires_cam(ctx: Context, *, layer: str | None = None) -> Result:
     return _cam_result(ctx, HiResCAM(), layer)
 
 
+@batched("hires_cam")
+def hires_cam_many(contexts: Sequence[Context], *, layer: str | None = None) -> list[Result]:
+    """hires_cam of several images in one gradient-graph call."""
+    return _cam_results(contexts, HiResCAM(), layer)
+
+
 @register("guided_grad_cam", default_score="logit", kind="gradient",
           summary="guided backprop times the upsampled Grad-CAM map (pixel attributions)")
 def guided_grad_cam(ctx: Context, *, layer: str | None = None) -> Result:
@@ -179,17 +234,28 @@ def guided_grad_cam(ctx: Context, *, layer: str | None = None) -> Result:
     the input (pytorch-grad-cam's example multiplies by the min-max normalised map instead, which
     differs where the CAM's minimum is not 0). ``layer`` as for ``grad_cam``. The heatmap is the sum
     of |attribution| over channels: guided backprop's per-channel signs mostly encode colour."""
-    name = resolve_layer(ctx.model, layer)
-    activations, grads = layer_gradients(ctx, name)
-    cam = GradCAM().cam(activations, grads)
-    _, height, width = ctx.shape
-    up = upsample_map(cam, height, width)
-    engine = ctx.model.gradients
-    guided = engine.run(ctx.x[None], engine.one_hot(ctx.target), score=ctx.score, rules=GUIDED).grad[0]
-    attributions = guided.astype(np.float64) * up[None]
-    return Result(attributions=attributions.astype(np.float32), heatmap=np.abs(attributions).sum(axis=0).astype(
-        np.float32), n_evals=2, pixel_attributions=True, notes=list(engine.notes),
-        extras={"layer": name, "cam": cam.astype(np.float32)})
+    return guided_grad_cam_many([ctx], layer=layer)[0]
+
+
+@batched("guided_grad_cam")
+def guided_grad_cam_many(contexts: Sequence[Context], *, layer: str | None = None) -> list[Result]:
+    """Guided Grad-CAM of several images: one tapped call for the maps, one guided call for the pixels."""
+    model = contexts[0].model
+    name = resolve_layer(model, layer)
+    tapped = layer_gradients_many(contexts, name)
+    engine = model.gradients
+    guided = engine.run(_inputs(contexts), _seeds(contexts), score=contexts[0].score, rules=GUIDED).grad
+    results = []
+    for i, ctx in enumerate(contexts):
+        cam = GradCAM().cam(*tapped[i])
+        _, height, width = ctx.shape
+        up = upsample_map(cam, height, width)
+        attributions = guided[i].astype(np.float64) * up[None]
+        results.append(Result(attributions=attributions.astype(np.float32),
+                              heatmap=np.abs(attributions).sum(axis=0).astype(np.float32), n_evals=2,
+                              pixel_attributions=True, notes=list(engine.notes),
+                              extras={"layer": name, "cam": cam.astype(np.float32)}))
+    return results
 
 
 # ----------------------------------------------------------------------------------------- Score-CAM

@@ -20,25 +20,86 @@ channels of ``|attribution|``.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import numpy as np
 
 from ..baselines import make_baseline
 from ..errors import ParameterError
 from ..graph.autodiff import DECONVNET, GUIDED, PLAIN, RuleSet
-from .base import Context, Param, Result, register
+from .base import Context, Param, Result, batched, register
 
 IG_METHODS = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")
 SMOOTHGRAD_VARIANTS = ("smoothgrad", "smoothgrad_sq", "vargrad")
 
 
 # ------------------------------------------------------------------------------------------- helpers
-def _gradients(ctx: Context, xs: np.ndarray, *, rules: RuleSet = PLAIN, desc: str = "gradients") -> np.ndarray:
-    """d score[target] / d x (float32) for every input in ``xs`` [N, C, H, W], in batches."""
+def rows_per_call(ctx: Context, rules: RuleSet = PLAIN) -> int:
+    """How many rows one gradient-graph session call takes (the engine's batch, after any halving on
+    allocation failure), so rows of several images are packed into full calls."""
     engine = ctx.model.gradients
-    seed = engine.one_hot(ctx.target, len(xs))
-    with ctx.bar(len(xs), desc) as bar:
-        out = engine.run(xs, seed, score=ctx.score, rules=rules, progress=bar.update)
-    return out.grad
+    return engine._runner(ctx.score, (), rules).batch_size  # same package, read only
+
+
+def stream_gradients(contexts: Sequence[Context], counts: Sequence[int], rows: Callable[[int], np.ndarray],
+                     consume: Callable[[int, int, np.ndarray], None], *, rules: RuleSet = PLAIN,
+                     desc: str = "gradients") -> int:
+    """Input gradients of many rows of many images, packed into full gradient-graph calls.
+
+    Image ``i`` has ``counts[i]`` rows, built by ``rows(i)`` only when its turn comes (so at most one
+    image's rows plus one call's worth are held), each seeded with that image's target; ``consume(i,
+    start, grads)`` receives its gradients piece by piece, in row order. Rows of different images share
+    a call: the gradient graph treats every row independently. Returns the number of calls.
+    """
+    engine = contexts[0].model.gradients
+    score = contexts[0].score
+    chunk = rows_per_call(contexts[0], rules)
+    pieces: list[tuple[int, int, np.ndarray]] = []  # (image, first row, rows) waiting for a call
+    calls = 0
+
+    def flush(bar) -> None:
+        nonlocal calls
+        xs = np.concatenate([piece for _, _, piece in pieces]) if len(pieces) > 1 else pieces[0][2]
+        seed = np.zeros((len(xs), engine.model.num_classes), np.float32)
+        seed[np.arange(len(xs)), np.repeat([contexts[i].target for i, _, _ in pieces],
+                                           [len(p) for _, _, p in pieces])] = 1.0
+        grads = engine.run(xs, seed, score=score, rules=rules, progress=bar.update).grad
+        calls += 1
+        offset = 0
+        for i, start, piece in pieces:
+            consume(i, start, grads[offset:offset + len(piece)])
+            offset += len(piece)
+        pieces.clear()
+
+    with contexts[0].bar(int(sum(counts)), desc) as bar:
+        filled = 0
+        for i in range(len(contexts)):
+            if counts[i] == 0:
+                continue
+            block = np.asarray(rows(i), dtype=np.float32)
+            start = 0
+            while start < len(block):
+                take = min(chunk - filled, len(block) - start)
+                pieces.append((i, start, block[start:start + take]))
+                filled += take
+                start += take
+                if filled == chunk:
+                    flush(bar)
+                    filled = 0
+        if pieces:
+            flush(bar)
+    return calls
+
+
+def _first_rows(contexts: Sequence[Context], rules: RuleSet = PLAIN, desc: str = "gradients") -> list[np.ndarray]:
+    """One gradient per image (of its own input, for its own target), all images in shared calls."""
+    grads: list[np.ndarray] = [None] * len(contexts)  # type: ignore[list-item]
+
+    def keep(i: int, start: int, piece: np.ndarray) -> None:
+        grads[i] = piece[0]
+
+    stream_gradients(contexts, [1] * len(contexts), lambda i: contexts[i].x[None], keep, rules=rules, desc=desc)
+    return grads
 
 
 def _signed(attributions: np.ndarray) -> np.ndarray:
@@ -100,15 +161,26 @@ def draw_noise(rng: np.random.Generator, n_samples: int, shape: tuple[int, ...],
 
 
 # ------------------------------------------------------------------------------------------- methods
+# Each method's single form is its batched form on one context, so explain and explain_many share
+# every line of arithmetic; the batched forms pack the rows of several images into shared calls.
+
 @register("saliency", default_score="logit", kind="gradient",
           summary="gradient of the class score w.r.t. the input pixels (Simonyan et al. 2014; Captum Saliency)")
 def saliency(ctx: Context, *, abs: bool = True) -> Result:  # noqa: A002 - Captum's name
     """``abs``: absolute value of the gradient (default True, as Captum's Saliency); False keeps the sign.
     Heatmap: sum over channels of |gradient| (abs=True) or of the signed gradient (abs=False)."""
+    return saliency_many([ctx], abs=abs)[0]
+
+
+@batched("saliency")
+def saliency_many(contexts: Sequence[Context], *, abs: bool = True) -> list[Result]:
+    """Saliency of several images: their gradients in shared calls."""
     use_abs = _check_bool(abs, "abs")
-    grad = _gradients(ctx, ctx.x[None], desc="saliency")[0]
-    attributions = np.abs(grad) if use_abs else grad
-    return _result(ctx, attributions, _unsigned(grad) if use_abs else _signed(grad), 1)
+    results = []
+    for ctx, grad in zip(contexts, _first_rows(contexts, desc="saliency")):
+        attributions = np.abs(grad) if use_abs else grad
+        results.append(_result(ctx, attributions, _unsigned(grad) if use_abs else _signed(grad), 1))
+    return results
 
 
 @register("gradient_x_input", default_score="logit", kind="gradient",
@@ -116,9 +188,17 @@ def saliency(ctx: Context, *, abs: bool = True) -> Result:  # noqa: A002 - Captu
 def gradient_x_input(ctx: Context) -> Result:
     """Attribution x * d score / d x, in model space (so it depends on the preprocessing's zero).
     Heatmap: signed sum over channels."""
-    grad = _gradients(ctx, ctx.x[None], desc="gradient x input")[0]
-    attributions = ctx.x * grad
-    return _result(ctx, attributions, _signed(attributions), 1)
+    return gradient_x_input_many([ctx])[0]
+
+
+@batched("gradient_x_input")
+def gradient_x_input_many(contexts: Sequence[Context]) -> list[Result]:
+    """Gradient x input of several images: their gradients in shared calls."""
+    results = []
+    for ctx, grad in zip(contexts, _first_rows(contexts, desc="gradient x input")):
+        attributions = ctx.x * grad
+        results.append(_result(ctx, attributions, _signed(attributions), 1))
+    return results
 
 
 @register("integrated_gradients", default_score="logit", kind="gradient",
@@ -139,18 +219,37 @@ def integrated_gradients(ctx: Context, *, n_steps: int = 50, integration: str = 
     ``sum(attributions) - (f(x) - f(baseline))`` in the explained score; a large value relative to
     ``f(x) - f(baseline)`` means too few steps. Heatmap: signed sum over channels.
     """
+    return integrated_gradients_many([ctx], n_steps=n_steps, integration=integration, baseline=baseline)[0]
+
+
+@batched("integrated_gradients")
+def integrated_gradients_many(contexts: Sequence[Context], *, n_steps: int = 50, integration: str = "gausslegendre",
+                              baseline=0.0) -> list[Result]:
+    """Integrated gradients of several images: the path steps of all images packed into full gradient
+    calls (image after image, so one image's path is built at a time), weighted sums kept as they come."""
     alphas, weights = integration_points(n_steps, integration)
-    base = make_baseline(ctx.model, ctx.sample, baseline)
-    x = ctx.x
-    diff = x - base
-    path = (base[None] + alphas.astype(np.float32)[:, None, None, None] * diff[None]).astype(np.float32)
-    grads = _gradients(ctx, path, desc="integrated gradients")
-    total = np.tensordot(weights, grads.astype(np.float64), axes=(0, 0))
-    attributions = (total * diff).astype(np.float32)
-    ends = ctx.model.scores(np.stack([x, base]), score=ctx.score)[:, ctx.target].astype(np.float64)
-    delta = float(attributions.sum(dtype=np.float64) - (ends[0] - ends[1]))
-    return _result(ctx, attributions, _signed(attributions), len(alphas), convergence_delta=delta,
-                   score_input=float(ends[0]), score_baseline=float(ends[1]), integration=integration)
+    steps = alphas.astype(np.float32)[:, None, None, None]
+    bases = [make_baseline(ctx.model, ctx.sample, baseline) for ctx in contexts]
+    diffs = [ctx.x - base for ctx, base in zip(contexts, bases)]
+    totals = [np.zeros(ctx.x.shape, np.float64) for ctx in contexts]
+
+    def path(i: int) -> np.ndarray:
+        return (bases[i][None] + steps * diffs[i][None]).astype(np.float32)
+
+    def accumulate(i: int, start: int, grads: np.ndarray) -> None:
+        totals[i] += np.tensordot(weights[start:start + len(grads)], grads.astype(np.float64), axes=(0, 0))
+
+    stream_gradients(contexts, [len(alphas)] * len(contexts), path, accumulate, desc="integrated gradients")
+    model, score = contexts[0].model, contexts[0].score
+    ends = model.scores(np.stack([a for ctx, base in zip(contexts, bases) for a in (ctx.x, base)]), score=score)
+    results = []
+    for i, ctx in enumerate(contexts):
+        attributions = (totals[i] * diffs[i]).astype(np.float32)
+        end_x, end_base = (float(v) for v in ends[2 * i:2 * i + 2, ctx.target].astype(np.float64))
+        delta = float(attributions.sum(dtype=np.float64) - (end_x - end_base))
+        results.append(_result(ctx, attributions, _signed(attributions), len(alphas), convergence_delta=delta,
+                               score_input=end_x, score_baseline=end_base, integration=integration))
+    return results
 
 
 @register("smoothgrad", default_score="logit", kind="gradient",
@@ -172,34 +271,61 @@ def smoothgrad(ctx: Context, *, n_samples: int = 50, noise: float | None = None,
     Noise comes from the explanation's seed. Heatmap: signed sum over channels for the signed mean
     (abs=False, "smoothgrad"), else sum over channels of the (non-negative) map.
     """
+    return smoothgrad_many([ctx], n_samples=n_samples, noise=noise, noise_level=noise_level, variant=variant,
+                           abs=abs)[0]
+
+
+@batched("smoothgrad")
+def smoothgrad_many(contexts: Sequence[Context], *, n_samples: int = 50, noise: float | None = None,
+                    noise_level: float = 0.15, variant: str = "smoothgrad",
+                    abs: bool = True) -> list[Result]:
+    """SmoothGrad of several images: each image's noise drawn from its own seed when its turn comes,
+    the noisy copies of all images packed into full gradient calls, sums kept as they come."""
     use_abs = _check_bool(abs, "abs")
     if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
         raise ParameterError(f"n_samples must be a whole number >= 1, got {n_samples!r}")
     if variant not in SMOOTHGRAD_VARIANTS:
         raise ParameterError(f"unknown variant {variant!r}: use one of {', '.join(SMOOTHGRAD_VARIANTS)}")
-    x = ctx.x
+    n = int(n_samples)
     if noise is not None:
-        std = _check_scale(noise, "noise (the standard deviation)")
+        scale = _check_scale(noise, "noise (the standard deviation)")
+        stds = [scale] * len(contexts)
     else:
-        std = _check_scale(noise_level, "noise_level") * float(x.max() - x.min())
-    samples = x[None] + draw_noise(ctx.rng(), int(n_samples), x.shape, std)
-    grads = _gradients(ctx, samples, desc="smoothgrad").astype(np.float64)
-    per_sample = np.abs(grads) if use_abs else grads
-    mean = per_sample.mean(axis=0)
-    if variant == "smoothgrad":
-        attributions = mean
-    else:
-        mean_sq = (per_sample ** 2).mean(axis=0)
-        attributions = mean_sq if variant == "smoothgrad_sq" else mean_sq - mean ** 2
-    attributions = attributions.astype(np.float32)
+        level = _check_scale(noise_level, "noise_level")
+        stds = [level * float(ctx.x.max() - ctx.x.min()) for ctx in contexts]
+    sums = [np.zeros(ctx.x.shape, np.float64) for ctx in contexts]
+    squares = [np.zeros(ctx.x.shape, np.float64) for ctx in contexts]
+
+    def noisy(i: int) -> np.ndarray:
+        x = contexts[i].x
+        return x[None] + draw_noise(contexts[i].rng(), n, x.shape, stds[i])
+
+    def accumulate(i: int, start: int, grads: np.ndarray) -> None:
+        per_sample = grads.astype(np.float64)
+        per_sample = np.abs(per_sample) if use_abs else per_sample
+        sums[i] += per_sample.sum(axis=0)
+        if variant != "smoothgrad":
+            squares[i] += (per_sample ** 2).sum(axis=0)
+
+    stream_gradients(contexts, [n] * len(contexts), noisy, accumulate, desc="smoothgrad")
     signed = variant == "smoothgrad" and not use_abs
-    heatmap = _signed(attributions) if signed else _unsigned(attributions)
-    return _result(ctx, attributions, heatmap, int(n_samples), noise_std=std, variant=variant)
+    results = []
+    for i, ctx in enumerate(contexts):
+        mean = sums[i] / n
+        if variant == "smoothgrad":
+            attributions = mean
+        else:
+            mean_sq = squares[i] / n
+            attributions = mean_sq if variant == "smoothgrad_sq" else mean_sq - mean ** 2
+        attributions = attributions.astype(np.float32)
+        heatmap = _signed(attributions) if signed else _unsigned(attributions)
+        results.append(_result(ctx, attributions, heatmap, n, noise_std=stds[i], variant=variant))
+    return results
 
 
-def _modified_relu(ctx: Context, rules: RuleSet, desc: str) -> Result:
-    grad = _gradients(ctx, ctx.x[None], rules=rules, desc=desc)[0]
-    return _result(ctx, grad, _unsigned(grad), 1, relu_mode=rules.name)
+def _modified_relu(contexts: Sequence[Context], rules: RuleSet, desc: str) -> list[Result]:
+    return [_result(ctx, grad, _unsigned(grad), 1, relu_mode=rules.name)
+            for ctx, grad in zip(contexts, _first_rows(contexts, rules=rules, desc=desc))]
 
 
 @register("guided_backprop", default_score="logit", kind="gradient",
@@ -210,7 +336,13 @@ def guided_backprop(ctx: Context) -> Result:
     was positive. Captum hooks only ``nn.ReLU`` modules, so networks that use functional relu or ReLU6
     differ from Captum there; blackbox sees every rectifier in the graph. Attributions are signed;
     heatmap: sum over channels of |attribution|."""
-    return _modified_relu(ctx, GUIDED, "guided backprop")
+    return guided_backprop_many([ctx])[0]
+
+
+@batched("guided_backprop")
+def guided_backprop_many(contexts: Sequence[Context]) -> list[Result]:
+    """Guided backpropagation of several images in shared calls."""
+    return _modified_relu(contexts, GUIDED, "guided backprop")
 
 
 @register("deconvnet", default_score="logit", kind="gradient",
@@ -219,4 +351,10 @@ def guided_backprop(ctx: Context) -> Result:
 def deconvnet(ctx: Context) -> Result:
     """Every Relu (and ReLU6-style Clip at 0) passes relu(incoming gradient), ignoring the forward
     input (Captum's Deconvolution). Attributions are signed; heatmap: sum over channels of |attribution|."""
-    return _modified_relu(ctx, DECONVNET, "deconvnet")
+    return deconvnet_many([ctx])[0]
+
+
+@batched("deconvnet")
+def deconvnet_many(contexts: Sequence[Context]) -> list[Result]:
+    """DeconvNet of several images in shared calls."""
+    return _modified_relu(contexts, DECONVNET, "deconvnet")

@@ -12,12 +12,13 @@ cross the softmax by its gradient (no conservation there either): prefer a logit
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
 from ..errors import ParameterError
 from ..graph.autodiff.rules.lrp import LRP_RULES, lrp_ruleset
-from .base import Context, Param, Result, register
+from .base import Context, Param, Result, batched, register
 
 
 @register("lrp", default_score="raw", kind="gradient",
@@ -33,6 +34,14 @@ def lrp(ctx: Context, *, rule: str = "epsilon", epsilon: float = 1e-6, alpha: fl
     epsilon rule). ``epsilon`` (default 1e-6, zennit's; Captum's is 1e-9) also stabilises the
     alpha-beta denominators. The attributions are pixel relevances [C, H, W]; the heatmap sums them
     over channels."""
+    return lrp_many([ctx], rule=rule, epsilon=epsilon, alpha=alpha, beta=beta)[0]
+
+
+@batched("lrp")
+def lrp_many(contexts: Sequence[Context], *, rule: str = "epsilon", epsilon: float = 1e-6, alpha: float = 1.0,
+             beta: float = 0.0) -> list[Result]:
+    """LRP of several images in one pass of the LRP graph: its rules act row by row (each row's
+    relevance starts at its own target), so rows of different images do not mix."""
     if rule not in LRP_RULES:
         raise ParameterError(f"unknown LRP rule {rule!r}: use one of {', '.join(LRP_RULES)}")
     for label, value in (("epsilon", epsilon), ("alpha", alpha), ("beta", beta)):
@@ -41,12 +50,17 @@ def lrp(ctx: Context, *, rule: str = "epsilon", epsilon: float = 1e-6, alpha: fl
     if rule == "alpha_beta" and abs(alpha - beta - 1.0) > 1e-9:
         raise ParameterError(f"alpha - beta must be 1 for the alpha-beta rule to conserve relevance; "
                              f"got alpha={alpha}, beta={beta}")
-    epsilon, alpha, beta = float(epsilon), float(alpha), float(beta)
-    rules = lrp_ruleset(rule, epsilon=epsilon, alpha=alpha, beta=beta)
-    engine = ctx.model.gradients
-    out = engine.run(ctx.x[None], engine.one_hot(ctx.target), score=ctx.score, rules=rules)
-    relevance = out.grad[0].astype(np.float64) * ctx.x.astype(np.float64)
-    score = float(out.scores[0, ctx.target])
-    return Result(attributions=relevance.astype(np.float32), heatmap=relevance.sum(axis=0).astype(np.float32),
-                  n_evals=1, pixel_attributions=True, notes=list(engine.notes),
-                  extras={"rule": rule, "relevance_sum": float(relevance.sum()), "score": score})
+    rules = lrp_ruleset(rule, epsilon=float(epsilon), alpha=float(alpha), beta=float(beta))
+    engine = contexts[0].model.gradients
+    targets = [ctx.target for ctx in contexts]
+    seed = np.zeros((len(contexts), engine.model.num_classes), np.float32)
+    seed[np.arange(len(contexts)), targets] = 1.0
+    out = engine.run(np.stack([ctx.x for ctx in contexts]), seed, score=contexts[0].score, rules=rules)
+    results = []
+    for i, ctx in enumerate(contexts):
+        relevance = out.grad[i].astype(np.float64) * ctx.x.astype(np.float64)
+        results.append(Result(attributions=relevance.astype(np.float32),
+                              heatmap=relevance.sum(axis=0).astype(np.float32), n_evals=1, pixel_attributions=True,
+                              notes=list(engine.notes), extras={"rule": rule, "relevance_sum": float(relevance.sum()),
+                                                                "score": float(out.scores[i, ctx.target])}))
+    return results
