@@ -21,8 +21,8 @@ from onnx import TensorProto
 
 from . import runtime
 from .errors import ModelError, ParameterError, TargetError
-from .graph.compose import (BASELINE, MASKS, RXT, RY, SCORES, SEGMENTS, TARGETS, X, X_IN, forward_graph,
-                            perturbation_graph)
+from .graph.compose import (BASELINE, MASKS, ROWS, RXT, RY, SCORES, SEGMENTS, TARGETS, X, X_IN, forward_graph,
+                            perturbation_graph, perturbation_graph_many)
 from .graph.layers import Layer, default_cam_layer, discover_layers, with_taps
 from .graph.onnx_utils import default_opset, type_name
 from .graph.precision import dequantize, is_quantized, to_float32
@@ -162,10 +162,15 @@ class Model:
         return self.scores(np.stack([p.x for p in prepared]), score=score)
 
     def _perturb_runner(self, mode: str, score: str) -> runtime.Runner:
+        """The fused perturbation session for ``mode`` "grid", "segments" or "grid_many" (several images)."""
         key = (mode, score)
         if key not in self._perturb_runners:
-            graph = perturbation_graph(self.graph, self.image, self.output, mode=mode, score=score,
-                                       constants=dict(self.constants))
+            if mode == "grid_many":
+                graph = perturbation_graph_many(self.graph, self.image, self.output, score=score,
+                                                constants=dict(self.constants))
+            else:
+                graph = perturbation_graph(self.graph, self.image, self.output, mode=mode, score=score,
+                                           constants=dict(self.constants))
             self._perturb_runners[key] = runtime.Runner(runtime.make_session(graph, self.device), self.device,
                                                         self.batch_size(), SCORES)
         return self._perturb_runners[key]
@@ -196,14 +201,53 @@ class Model:
                 raise ValueError("grid masks need ry and rx")
             rxt = np.swapaxes(np.asarray(rx, dtype=np.float32), -1, -2)
             ry = np.asarray(ry, dtype=np.float32)
-            if masks.shape[1] != channels:  # one mask for all channels: repeat it (small) for a cheap blend
-                masks = np.ascontiguousarray(np.broadcast_to(masks, (masks.shape[0], channels) + masks.shape[2:]))
-            batched = {MASKS: masks}
+            batched = {MASKS: _all_channels(masks, channels)}
             (batched if ry.ndim == 4 else fixed)[RY] = ry
             (batched if rxt.ndim == 4 else fixed)[RXT] = rxt
             mode = "grid"
         out = self._perturb_runner(mode, score).run(fixed, batched, progress=progress)
         return runtime.check_finite(out, "perturbed inputs")
+
+    def score_masks_many(self, xs: np.ndarray, masks: np.ndarray, *, rows: np.ndarray, baselines: np.ndarray,
+                         targets: Sequence[int] | Sequence[Sequence[int]], ry: np.ndarray, rx: np.ndarray,
+                         score: str = "probability",
+                         progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """:meth:`score_masks` for grid masks of several images in one stream of full engine batches.
+
+        ``xs`` and ``baselines`` [M, C, H, W] (model space, internal layout); ``masks`` [N, 1|C, h, w] and
+        ``rows`` int [N]: mask n perturbs image ``rows[n]``; ``ry``/``rx`` shared ([H, h] / [W, w]) or per
+        row ([N, 1, H, h] / [N, 1, W, w]). ``targets``: per image, [M] or [M, T]. Returns [N, T]: row n
+        holds the scores of its own image's targets, equal to :meth:`score_masks` on that image alone.
+
+        Why: one image's masks often do not fill a batch (occlusion with a large window: 16 masks), and
+        different images have different targets; the graph gathers the union of the targets and each row
+        keeps its image's columns here (a few floats per row).
+        """
+        check_score(score)
+        xs, baselines = _stack(xs), _stack(baselines)
+        if xs.shape != baselines.shape:
+            raise ValueError(f"images {xs.shape} and baselines {baselines.shape} differ in shape")
+        wanted = np.asarray(targets, dtype=np.int64)
+        wanted = wanted[:, None] if wanted.ndim == 1 else wanted
+        if wanted.ndim != 2 or len(wanted) != len(xs):
+            raise ValueError(f"targets must be [M] or [M, T] for M={len(xs)} images, got shape {wanted.shape}")
+        if np.any(wanted < 0) or np.any(wanted >= self.num_classes):
+            raise TargetError(f"target classes {wanted.tolist()} out of range 0..{self.num_classes - 1}")
+        rows = np.asarray(rows, dtype=np.int64)
+        masks = np.asarray(masks, dtype=np.float32)
+        if rows.shape != (len(masks),) or (len(rows) and (rows.min() < 0 or rows.max() >= len(xs))):
+            raise ValueError(f"rows must be [N={len(masks)}] image indices in 0..{len(xs) - 1}")
+        union = np.unique(wanted)
+        fixed = {X_IN: xs, BASELINE: baselines, TARGETS: union}
+        batched = {MASKS: _all_channels(masks, self.image.channels), ROWS: rows}
+        rxt = np.swapaxes(np.asarray(rx, dtype=np.float32), -1, -2)
+        ry = np.asarray(ry, dtype=np.float32)
+        (batched if ry.ndim == 4 else fixed)[RY] = ry
+        (batched if rxt.ndim == 4 else fixed)[RXT] = rxt
+        out = self._perturb_runner("grid_many", score).run(fixed, batched, progress=progress)
+        out = runtime.check_finite(out, "perturbed inputs")
+        columns = np.searchsorted(union, wanted)[rows]  # [N, T]: each row's own targets among the union
+        return np.take_along_axis(out.reshape(len(rows), len(union)), columns, axis=1)
 
     # ------------------------------------------------------------------ inside the network
     def float_graph(self) -> onnx.ModelProto:
@@ -355,6 +399,19 @@ def check_score(score: str) -> None:
 def _one(array: np.ndarray) -> np.ndarray:
     array = np.asarray(array, dtype=np.float32)
     return array[None] if array.ndim == 3 else array
+
+
+def _stack(array: np.ndarray) -> np.ndarray:
+    """Images [M, C, H, W] (one [C, H, W] reads as M = 1) as contiguous float32."""
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    return array[None] if array.ndim == 3 else array
+
+
+def _all_channels(masks: np.ndarray, channels: int) -> np.ndarray:
+    """Grid masks with one channel repeated to all (small), so the blend broadcasts only over the batch."""
+    if masks.shape[1] == channels:
+        return masks
+    return np.ascontiguousarray(np.broadcast_to(masks, (masks.shape[0], channels) + masks.shape[2:]))
 
 
 def _device_text(device: runtime.Device) -> str:

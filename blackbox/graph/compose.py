@@ -12,6 +12,10 @@ classes):
 * ``segments`` masks ``[N, M]`` switch superpixels on and off; ``Gather`` with the segment map spreads
   them to pixels.
 
+:func:`perturbation_graph_many` is the grid form for several images at once: the images and baselines
+come stacked ``[M, C, H, W]`` and each mask row names its image (``ROWS``), so one engine batch can hold
+the masks of several images.
+
 The blend is ``baseline + (x - baseline) * keep``: keep = 1 shows the image, 0 the baseline.
 """
 
@@ -31,6 +35,7 @@ SCORES = PREFIX + "scores"
 X, BASELINE, TARGETS = PREFIX + "x", PREFIX + "baseline", PREFIX + "targets"
 X_IN = PREFIX + "x_in"  # the unperturbed image fed to the mask graph
 MASKS, RY, RXT, SEGMENTS = PREFIX + "masks", PREFIX + "ry", PREFIX + "rxt", PREFIX + "segments"
+ROWS = PREFIX + "rows"  # int64 [N]: which of the stacked images each mask row perturbs (the many-image graph)
 
 
 @dataclass(frozen=True)
@@ -178,13 +183,8 @@ def mask_graph(spec: ImageInput, *, mode: str) -> onnx.ModelProto:
     H, W = spec.height, spec.width
     inputs = [_image_value(X_IN, spec, batch=1), _image_value(BASELINE, spec, batch=1)]
     if mode == "grid":
-        inputs += [
-            helper.make_tensor_value_info(MASKS, TensorProto.FLOAT, ["N", "Cm", "h", "w"]),
-            helper.make_tensor_value_info(RY, TensorProto.FLOAT, None),
-            helper.make_tensor_value_info(RXT, TensorProto.FLOAT, None),
-        ]
-        rows = b.op("MatMul", [RY, MASKS], "rows")
-        keep = b.op("MatMul", [rows, RXT], "keep")
+        grid_inputs, keep = _grid_keep(b)
+        inputs += grid_inputs
     elif mode == "segments":
         inputs += [
             helper.make_tensor_value_info(MASKS, TensorProto.FLOAT, ["N", "M"]),
@@ -194,16 +194,58 @@ def mask_graph(spec: ImageInput, *, mode: str) -> onnx.ModelProto:
     else:
         raise ValueError(f"unknown mask mode {mode!r}")
     diff = b.op("Sub", [X_IN, BASELINE], "diff")
+    _blend(b, spec, diff, BASELINE, keep)
+    return _mask_model(b, spec, inputs)
+
+
+def _grid_keep(b: _Builder) -> tuple[list, str]:
+    """The grid-mask inputs and the full-size keep mask ``RY @ MASKS @ RXT``."""
+    inputs = [
+        helper.make_tensor_value_info(MASKS, TensorProto.FLOAT, ["N", "Cm", "h", "w"]),
+        helper.make_tensor_value_info(RY, TensorProto.FLOAT, None),
+        helper.make_tensor_value_info(RXT, TensorProto.FLOAT, None),
+    ]
+    rows = b.op("MatMul", [RY, MASKS], "rows")
+    return inputs, b.op("MatMul", [rows, RXT], "keep")
+
+
+def _blend(b: _Builder, spec: ImageInput, diff: str, baseline: str, keep: str) -> None:
+    """``baseline + diff * keep`` reshaped to the static image shape, named ``X``."""
     scaled = b.op("Mul", [diff, keep], "scaled")
-    blended = b.op("Add", [BASELINE, scaled], "blended")
+    blended = b.op("Add", [baseline, scaled], "blended")
     # a Reshape to the static shape: without it the model input's shape is unknown to ONNX Runtime, which
     # then skips its fast int8 convolutions (MobileNetV2-int8 ran 2.8x slower)
-    shape = b.constant("image_shape", np.array([-1, spec.channels, H, W], dtype=np.int64))
+    shape = b.constant("image_shape", np.array([-1, spec.channels, spec.height, spec.width], dtype=np.int64))
     b.op("Reshape", [blended, shape], "image", output=X)
+
+
+def _mask_model(b: _Builder, spec: ImageInput, inputs: list) -> onnx.ModelProto:
     graph = helper.make_graph(b.nodes, "blackbox_masks", inputs, [_image_value(X, spec)], b.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="blackbox")
     model.ir_version = OWN_IR_VERSION
     return model
+
+
+def mask_graph_many(spec: ImageInput) -> onnx.ModelProto:
+    """The grid mask graph for several images: ``X_IN`` and ``BASELINE`` float32 [M, C, H, W] stacked,
+    ``ROWS`` int64 [N] the image of each mask row, ``MASKS``/``RY``/``RXT`` as in :func:`mask_graph`.
+
+    Why Gather rather than per-row images fed from Python: the M images cross into ONNX Runtime once per
+    call, not once per row, and Python never builds full-size perturbed images. ``x - baseline`` is taken
+    once per image, then both are gathered per row: the same float operations, in the same order, as the
+    one-image graph, so a row's blended image is bit-identical to what :func:`mask_graph` makes of it.
+    Gather (axis 0) exists in every opset, like the other ops here.
+    """
+    b = _Builder()
+    inputs = [_image_value(X_IN, spec, batch="M"), _image_value(BASELINE, spec, batch="M"),
+              helper.make_tensor_value_info(ROWS, TensorProto.INT64, ["N"])]
+    grid_inputs, keep = _grid_keep(b)
+    inputs += grid_inputs
+    diff = b.op("Sub", [X_IN, BASELINE], "diff")
+    diff_rows = b.op("Gather", [diff, ROWS], "diff_rows", axis=0)
+    baseline_rows = b.op("Gather", [BASELINE, ROWS], "baseline_rows", axis=0)
+    _blend(b, spec, diff_rows, baseline_rows, keep)
+    return _mask_model(b, spec, inputs)
 
 
 def scoring_graph(model: onnx.ModelProto, spec: ImageInput, out: ScoreOutput, *, score: str,
@@ -223,8 +265,18 @@ def perturbation_graph(model: onnx.ModelProto, spec: ImageInput, out: ScoreOutpu
                        constants: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
     """The mask graph and the scoring graph fused into one: masks in, target scores out. Every op the
     mask part uses (MatMul, Sub, Mul, Add, Gather, Reshape) exists in every opset the models use."""
-    masks = mask_graph(spec, mode=mode)
-    scoring = scoring_graph(model, spec, out, score=score, constants=constants)
+    return _fuse(mask_graph(spec, mode=mode), scoring_graph(model, spec, out, score=score, constants=constants))
+
+
+def perturbation_graph_many(model: onnx.ModelProto, spec: ImageInput, out: ScoreOutput, *, score: str,
+                            constants: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
+    """:func:`mask_graph_many` fused with the scoring graph: stacked images, per-row image index and grid
+    masks in, the ``TARGETS`` scores [N, T] of every row out."""
+    return _fuse(mask_graph_many(spec), scoring_graph(model, spec, out, score=score, constants=constants))
+
+
+def _fuse(masks: onnx.ModelProto, scoring: onnx.ModelProto) -> onnx.ModelProto:
+    """One graph: the mask graph's ``X`` feeds the scoring graph."""
     g = scoring.graph
     graph = helper.make_graph(list(masks.graph.node) + list(g.node), "blackbox_perturbation",
                               list(masks.graph.input) + [i for i in g.input if i.name != X], list(g.output),

@@ -6,19 +6,23 @@ the border, with ceil((D - w) / s) + 1 positions per axis. Each occluded input i
 ``f(x) - f(occluded)``.
 
 Windows are evaluated as block masks on a grid of cell size gcd(window, stride), so only a few numbers
-per evaluation cross into ONNX Runtime.
+per evaluation cross into ONNX Runtime. :func:`occlusion_many` evaluates several images' windows in
+shared engine batches.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
 from ..baselines import make_baseline
 from ..errors import ParameterError
 from ..masks import block_matrix
-from .base import Context, Param, Result, register
+from .base import Context, Param, Result, batched, register
+from .batching import chunk_rows, in_groups, row_chunks, score_spans, span_slices
 
 
 def _triple(value, name: str, channels: int, default_hw: tuple[int, int], layout: str = "NCHW") -> tuple[int, int, int]:
@@ -99,9 +103,35 @@ def occlusion(ctx: Context, *, window=None, stride=None, baseline="mean") -> Res
     patch that can itself raise a score; pass ``baseline=0`` to match Captum exactly.
     Default score: logit (hiding a patch rarely moves a saturated probability; for logit models this is
     the raw output Captum explains)."""
-    channels, height, width = ctx.shape
-    layout = ctx.model.layout
-    win, step = _geometry(window, stride, ctx.shape, layout)
+    plan = plan_windows(ctx.shape, ctx.model.layout, window, stride)
+    _, height, width = ctx.shape
+    base = make_baseline(ctx.model, ctx.sample, baseline)
+    with ctx.bar(len(plan.masks) + 1, "occlusion") as bar:
+        full = ctx.model.score_masks(ctx.x, np.ones((1, 1, 1, 1), np.float32), baseline=base, targets=[ctx.target],
+                                     score=ctx.score, ry=np.ones((height, 1), np.float32),
+                                     rx=np.ones((width, 1), np.float32))[0, 0]
+        bar.update(1)
+        occluded = ctx.model.score_masks(ctx.x, 1.0 - plan.masks, baseline=base, targets=[ctx.target],
+                                         score=ctx.score, ry=plan.ry, rx=plan.rx, progress=bar.update)[:, 0]
+    return window_result(plan, full, occluded, ctx.shape, ctx.model.layout)
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """The windows of one geometry, shared by every image of that shape: ``masks`` [K, Cm, h, w] (1 =
+    hidden) on the cell grid, ``ry`` [H, h] / ``rx`` [W, w] the block matrices that spread cells to pixels."""
+
+    window: tuple[int, ...]
+    stride: tuple[int, ...]
+    masks: np.ndarray
+    ry: np.ndarray
+    rx: np.ndarray
+
+
+def plan_windows(shape: tuple[int, int, int], layout: str, window, stride) -> WindowPlan:
+    """Check window and stride against the input and lay the windows out as cell-grid masks."""
+    channels, height, width = shape
+    win, step = _geometry(window, stride, shape, layout)
     for axis, (w, s, size) in enumerate(zip(win, step, (channels, height, width))):
         label = ("channels", "height", "width")[axis]
         if w < 1 or w > size:
@@ -110,23 +140,24 @@ def occlusion(ctx: Context, *, window=None, stride=None, baseline="mean") -> Res
             raise ParameterError(f"stride {label} must be at least 1, got {s}")
         if s > w and w != size:
             raise ParameterError(f"stride {label} {s} is larger than the window {label} {w}: pixels would be skipped")
-    cells = [math.gcd(w, s) if w != size else w for w, s in zip(win, step)]
+    cells = [math.gcd(w, s) if w != size else w for w, s, size in zip(win, step, shape)]
     per_axis = [window_cells(size, w, s, c) for size, w, s, c in zip((channels, height, width), win, step, cells)]
     pc, ph, pw = (a.shape[0] for a in per_axis)
     # window masks in cell space: [K, Cc, h, w]
     windows = np.einsum("ac,bh,dw->abdchw", *per_axis).reshape(pc * ph * pw, *(a.shape[1] for a in per_axis))
-    base = make_baseline(ctx.model, ctx.sample, baseline)
     # one mask channel hides all channels at once; several are spread to the channels they cover
     masks = windows if windows.shape[1] == 1 else windows[:, np.arange(channels) // cells[0]]
     ry = block_matrix(windows.shape[2], height, cells[1])
     rx = block_matrix(windows.shape[3], width, cells[2])
-    with ctx.bar(len(masks) + 1, "occlusion") as bar:
-        full = ctx.model.score_masks(ctx.x, np.ones((1, 1, 1, 1), np.float32), baseline=base, targets=[ctx.target],
-                                     score=ctx.score, ry=np.ones((height, 1), np.float32),
-                                     rx=np.ones((width, 1), np.float32))[0, 0]
-        bar.update(1)
-        occluded = ctx.model.score_masks(ctx.x, 1.0 - masks, baseline=base, targets=[ctx.target], score=ctx.score,
-                                         ry=ry, rx=rx, progress=bar.update)[:, 0]
+    return WindowPlan(win, step, masks, ry, rx)
+
+
+def window_result(plan: WindowPlan, full: float, occluded: np.ndarray, shape: tuple[int, int, int],
+                  layout: str) -> Result:
+    """Attributions from the unoccluded score and one score per window: the mean drop over the windows
+    covering each pixel, computed on the cell grid."""
+    masks, ry, rx = plan.masks, plan.ry, plan.rx
+    channels, height, width = shape
     diffs = (full - occluded).astype(np.float64)
     total = np.einsum("k,kchw->chw", diffs, masks.astype(np.float64))
     count = masks.sum(axis=0, dtype=np.float64)
@@ -135,4 +166,29 @@ def occlusion(ctx: Context, *, window=None, stride=None, baseline="mean") -> Res
     if attributions.shape[0] != channels:
         attributions = np.broadcast_to(attributions, (channels, height, width)).copy()
     return Result(attributions=attributions, heatmap=attributions.sum(axis=0), n_evals=len(masks) + 1,
-                  extras={"window": _in_layout(win, layout), "stride": _in_layout(step, layout)})
+                  extras={"window": _in_layout(plan.window, layout), "stride": _in_layout(plan.stride, layout)})
+
+
+@batched("occlusion")
+def occlusion_many(contexts: Sequence[Context], *, window=None, stride=None, baseline="mean") -> list[Result]:
+    """:func:`occlusion` for several images: every image's windows (and its unoccluded row) laid end to
+    end in full engine batches, each image scored against its own baseline and target. The windows are
+    the same for every image of a shape, so they are built once, on the cell grid."""
+    return in_groups(contexts, lambda group: _occlusion_group(group, window, stride, baseline))
+
+
+def _occlusion_group(contexts: list[Context], window, stride, baseline) -> list[Result]:
+    first = contexts[0]
+    layout = first.model.layout
+    plan = plan_windows(first.shape, layout, window, stride)
+    baselines = [make_baseline(ctx.model, ctx.sample, baseline) for ctx in contexts]
+    # row 0 of every image: nothing hidden (keep = 1 exactly, as the one-image form's ones mask)
+    keep = np.concatenate([np.ones((1,) + plan.masks.shape[1:], np.float32), 1.0 - plan.masks])
+    scores = [np.empty(len(keep), np.float32) for _ in contexts]
+    with first.bar(len(keep) * len(contexts), "occlusion") as bar:
+        for spans in row_chunks([len(keep)] * len(contexts), chunk_rows(first.model.batch_size())):
+            masks = np.concatenate([keep[start:stop] for _, start, stop in spans])
+            out = score_spans(contexts, baselines, spans, masks, ry=plan.ry, rx=plan.rx, progress=bar.update)
+            for image, start, stop, where in span_slices(spans):
+                scores[image][start:stop] = out[where]
+    return [window_result(plan, s[0], s[1:], first.shape, layout) for s in scores]

@@ -16,13 +16,16 @@ ever built, and beyond the N small grids (49 numbers each) memory does not grow 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
 from ..baselines import make_baseline
 from ..errors import ParameterError
 from ..masks import reflect_linear_matrix, uniform_points
-from .base import Context, Param, Result, register
+from .base import Context, Param, Result, batched, register
+from .batching import chunk_rows, in_groups, row_chunks, score_spans, span_slices
 
 
 def _pair(value, name: str) -> tuple[int, int]:
@@ -83,7 +86,59 @@ def rise(ctx: Context, *, n_masks: int = 4000, grid=7, p_keep: float = 0.5, base
     :func:`~blackbox.baselines.make_baseline` works. ``quasi_random``: draw grids and shifts from a
     scrambled Sobol sequence (fewer masks for the same map; see ``scripts/bench_methods.py``).
     Default score: probability, as in the paper."""
-    channels, height, width = ctx.shape
+    plan = plan_rise(ctx.shape, n_masks, grid, p_keep)
+    grids, shifts = plan.draw(ctx.rng(), quasi_random)
+    base = make_baseline(ctx.model, ctx.sample, baseline)
+    # P-weighted grids summed per shift pair: [cell_y, cell_x, sy, sx], independent of n
+    weighted = plan.zero_sums()
+    n = plan.n
+    chunk = max(256, 4 * ctx.model.batch_size())
+    with ctx.bar(n, "rise") as bar:
+        for start in range(0, n, chunk):
+            stop = min(n, start + chunk)
+            g = grids[start:stop]
+            a, b = shifts[start:stop, 0], shifts[start:stop, 1]
+            probs = ctx.model.score_masks(ctx.x, g[:, None], baseline=base, targets=[ctx.target], score=ctx.score,
+                                          ry=plan.ry_table[a][:, None], rx=plan.rx_table[b][:, None],
+                                          progress=bar.update)[:, 0]
+            np.add.at(weighted, (a, b), probs.astype(np.float64)[:, None, None] * g)
+    return plan.result(weighted, ctx.shape, bool(quasi_random))
+
+
+@dataclass(frozen=True)
+class RisePlan:
+    """Checked RISE settings for one input shape and the per-shift upsampling tables every image shares."""
+
+    n: int
+    grid: tuple[int, int]
+    p_keep: float
+    cell: tuple[int, int]
+    ry_table: np.ndarray  # [cell_y, H, sy]
+    rx_table: np.ndarray  # [cell_x, W, sx]
+
+    def draw(self, rng: np.random.Generator, quasi_random) -> tuple[np.ndarray, np.ndarray]:
+        """This image's grids and shifts, from its own random stream."""
+        return draw_masks(rng, self.n, self.grid, self.p_keep, self.cell, quasi_random=bool(quasi_random))
+
+    def zero_sums(self) -> np.ndarray:
+        return np.zeros((self.cell[0], self.cell[1], *self.grid), np.float64)
+
+    def result(self, weighted: np.ndarray, shape: tuple[int, int, int], quasi_random: bool) -> Result:
+        """The saliency map from the P-weighted grid sums: ``sum_ab Ry_a W_ab Rx_b^T``, in two small
+        contractions."""
+        right = np.einsum("abst,bwt->asw", weighted, self.rx_table.astype(np.float64))
+        saliency = np.einsum("ahs,asw->hw", self.ry_table.astype(np.float64), right) / (self.n * self.p_keep)
+        heatmap = saliency.astype(np.float32)
+        attributions = np.broadcast_to(heatmap, shape).copy()
+        return Result(attributions=attributions, heatmap=heatmap, n_evals=self.n,
+                      extras={"grid": list(self.grid), "cell": list(self.cell), "p_keep": self.p_keep,
+                              "n_masks": self.n, "quasi_random": quasi_random})
+
+
+def plan_rise(shape: tuple[int, int, int], n_masks, grid, p_keep) -> RisePlan:
+    """Check the parameters against the input shape (ParameterError naming the bad one) and build the
+    shift tables."""
+    _, height, width = shape
     if isinstance(n_masks, bool) or not isinstance(n_masks, (int, np.integer)) or n_masks < 1:
         raise ParameterError(f"n_masks must be a positive integer, got {n_masks!r}")
     sy, sx = _pair(grid, "grid")
@@ -97,29 +152,34 @@ def rise(ctx: Context, *, n_masks: int = 4000, grid=7, p_keep: float = 0.5, base
         raise ParameterError(f"p_keep must be a number between 0 and 1 (exclusive), got {p_keep!r}") from None
     if not 0.0 < p_keep < 1.0:
         raise ParameterError(f"p_keep must be between 0 and 1 (exclusive), got {p_keep}")
-    n = int(n_masks)
     cell = cell_sizes(height, width, (sy, sx))
-    ry_table = shift_matrices(height, sy, cell[0])  # [cell_y, H, sy]
-    rx_table = shift_matrices(width, sx, cell[1])  # [cell_x, W, sx]
-    grids, shifts = draw_masks(ctx.rng(), n, (sy, sx), p_keep, cell, quasi_random=bool(quasi_random))
-    base = make_baseline(ctx.model, ctx.sample, baseline)
-    # P-weighted grids summed per shift pair: [cell_y, cell_x, sy, sx], independent of n
-    weighted = np.zeros((cell[0], cell[1], sy, sx), np.float64)
-    chunk = max(256, 4 * ctx.model.batch_size())
-    with ctx.bar(n, "rise") as bar:
-        for start in range(0, n, chunk):
-            stop = min(n, start + chunk)
-            g = grids[start:stop]
-            a, b = shifts[start:stop, 0], shifts[start:stop, 1]
-            probs = ctx.model.score_masks(ctx.x, g[:, None], baseline=base, targets=[ctx.target], score=ctx.score,
-                                          ry=ry_table[a][:, None], rx=rx_table[b][:, None],
-                                          progress=bar.update)[:, 0]
-            np.add.at(weighted, (a, b), probs.astype(np.float64)[:, None, None] * g)
-    # sum_ab Ry_a W_ab Rx_b^T, in two small contractions
-    right = np.einsum("abst,bwt->asw", weighted, rx_table.astype(np.float64))
-    saliency = np.einsum("ahs,asw->hw", ry_table.astype(np.float64), right) / (n * p_keep)
-    heatmap = saliency.astype(np.float32)
-    attributions = np.broadcast_to(heatmap, (channels, height, width)).copy()
-    return Result(attributions=attributions, heatmap=heatmap, n_evals=n,
-                  extras={"grid": [sy, sx], "cell": list(cell), "p_keep": p_keep, "n_masks": n,
-                          "quasi_random": bool(quasi_random)})
+    return RisePlan(int(n_masks), (sy, sx), p_keep, cell, shift_matrices(height, sy, cell[0]),
+                    shift_matrices(width, sx, cell[1]))
+
+
+@batched("rise")
+def rise_many(contexts: Sequence[Context], *, n_masks: int = 4000, grid=7, p_keep: float = 0.5,
+              baseline="zeros", quasi_random: bool = False) -> list[Result]:
+    """:func:`rise` for several images: each image draws its masks from its own stream (``ctx.rng()``, as
+    one call would), the rows of all images go end to end through full engine batches, and each image's
+    P-weighted sums grow from its own rows only. Small masks (s x s grids) of the images are held, never
+    full-size ones."""
+    return in_groups(contexts, lambda group: _rise_group(group, n_masks, grid, p_keep, baseline, quasi_random))
+
+
+def _rise_group(contexts: list[Context], n_masks, grid, p_keep, baseline, quasi_random) -> list[Result]:
+    first = contexts[0]
+    plan = plan_rise(first.shape, n_masks, grid, p_keep)
+    draws = [plan.draw(ctx.rng(), quasi_random) for ctx in contexts]
+    baselines = [make_baseline(ctx.model, ctx.sample, baseline) for ctx in contexts]
+    weighted = [plan.zero_sums() for _ in contexts]
+    with first.bar(plan.n * len(contexts), "rise") as bar:
+        for spans in row_chunks([plan.n] * len(contexts), chunk_rows(first.model.batch_size())):
+            g = np.concatenate([draws[image][0][start:stop] for image, start, stop in spans])
+            shifts = np.concatenate([draws[image][1][start:stop] for image, start, stop in spans])
+            a, b = shifts[:, 0], shifts[:, 1]
+            probs = score_spans(contexts, baselines, spans, g[:, None], ry=plan.ry_table[a][:, None],
+                                rx=plan.rx_table[b][:, None], progress=bar.update)
+            for image, _, _, where in span_slices(spans):
+                np.add.at(weighted[image], (a[where], b[where]), probs[where].astype(np.float64)[:, None, None] * g[where])
+    return [plan.result(w, first.shape, bool(quasi_random)) for w in weighted]
