@@ -54,7 +54,7 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as bench_visualize: torch's threads do not spin
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "real"
@@ -109,20 +109,20 @@ def header(threads: int, paths: list[str], metrics_text: str) -> list[str]:
         pass
     try:
         commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True).stdout.strip() or "?"
+                                text=True, check=False).stdout.strip() or "?"
         dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True).stdout.strip()
+                               capture_output=True, text=True, check=False).stdout.strip()
     except OSError:
         commit, dirty = "?", ""
     params = "; ".join(f"{m} {', '.join(f'{k}={v}' for k, v in PARAMS[m].items()) or 'defaults'}" for m in METHODS)
     return [
         "Data-set throughput: images x methods per second, one by one vs batched vs the report (local, Ray) vs Captum",
-        f"{cpu}, {os.cpu_count()} CPUs ({len(os.sched_getaffinity(0))} usable), {threads} intra-op threads for ONNX "
-        f"Runtime and torch (no spinning: OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}), load average "
-        f"{os.getloadavg()[0]:.1f}",
-        f"onnxruntime {ort.__version__}, torch {version('torch')}, captum {version('captum')}, ray {version('ray')}, "
-        f"numpy {np.__version__}; blackbox {getattr(blackbox, '__version__', '?')} at {commit}"
-        f"{' + uncommitted changes' if dirty else ''}",
+        (f"{cpu}, {os.cpu_count()} CPUs ({len(os.sched_getaffinity(0))} usable), {threads} intra-op threads for ONNX "
+         f"Runtime and torch (no spinning: OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}), load average "
+         f"{os.getloadavg()[0]:.1f}"),
+        (f"onnxruntime {ort.__version__}, torch {version('torch')}, captum {version('captum')}, ray {version('ray')}, "
+         f"numpy {np.__version__}; blackbox {getattr(blackbox, '__version__', '?')} at {commit}"
+         f"{' + uncommitted changes' if dirty else ''}"),
         f"model {MODEL.name} (preprocess imagenet), {len(paths)} photos from {IMAGES} (no digit_*), top-1 target each",
         f"parameters: {params}; report metrics: {metrics_text}",
     ]
@@ -251,9 +251,9 @@ def captum_columns(model, paths: list[str], threads: int) -> dict[str, dict[str,
     out: dict[str, dict[str, float]] = {"loop": {}, "batched": {}}
     for method in GRADIENT:
         log(f"captum {method}, one image per call ...")
-        out["loop"][method] = timed(lambda: [run(method, [p]) for p in paths])
+        out["loop"][method] = timed(lambda m=method: [run(m, [p]) for p in paths])
         log(f"captum {method}, {CAPTUM_BATCH} images per call ...")
-        out["batched"][method] = timed(lambda: [run(method, paths[i:i + CAPTUM_BATCH])
+        out["batched"][method] = timed(lambda m=method: [run(m, paths[i:i + CAPTUM_BATCH])
                                                 for i in range(0, len(paths), CAPTUM_BATCH)])
     return out
 
