@@ -191,6 +191,15 @@ def _report_arguments(sub) -> None:
                              "and a dissection table with --concepts")
     report.add_argument("--concepts", metavar="DIR", help="concept folder for the --visualize dissection table "
                                                           "(DIR/images/, DIR/masks/CONCEPT/; see 'blackbox concepts')")
+    report.add_argument("--engine", choices=["local", "ray"], default="local",
+                        help="who computes the records: local (this process, default) or ray (actors on a Ray "
+                             "cluster; pip install \"blackbox-explain[ray]\")")
+    report.add_argument("--address", help="--engine ray: the cluster to connect to, HOST:PORT (default: start a "
+                                          "local Ray instance)")
+    report.add_argument("--workers", type=_positive_int, help="--engine ray: actors, each holding one loaded model "
+                                                              "(default: one per CPU, or per --gpus-per-worker GPUs)")
+    report.add_argument("--gpus-per-worker", type=_non_negative_float, default=0.0,
+                        help="--engine ray: GPUs per actor (CUDA provider on the worker; default 0: CPU)")
     report.add_argument("--visualize-steps", type=_positive_int,
                         help="activation maximisation steps for --visualize (default 128)")
 
@@ -317,6 +326,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     metrics = parse_metrics(args.metrics)
     if not args.visualize and (args.concepts is not None or args.visualize_steps is not None):
         raise ParameterError("--concepts and --visualize-steps belong to the --visualize section; add --visualize")
+    if args.engine != "ray" and (args.address is not None or args.workers is not None or args.gpus_per_worker):
+        raise ParameterError("--address, --workers and --gpus-per-worker belong to the ray engine; add --engine ray")
+    if args.engine == "ray":
+        from .report.engines.ray import require
+
+        require()  # one line on how to install Ray, before any work
     _check_out(args.out)
     entries = expand_inputs(args.inputs)
     if not entries:
@@ -331,7 +346,8 @@ def cmd_report(args: argparse.Namespace) -> int:
                           visualize=args.visualize, concepts=args.concepts,
                           **({} if args.visualize_steps is None else {"visualize_steps": args.visualize_steps}),
                           command=_report_command(args, methods),
-                          model_options=options)
+                          model_options=options, engine=args.engine, address=args.address, workers=args.workers,
+                          gpus_per_worker=args.gpus_per_worker)
     summary = run_report(model, entries, config)
     data = {"out": str(summary.out), "ok": summary.ok, "failed": summary.failed, "methods": summary.methods,
             "index": str(summary.out / "index.html")}
@@ -365,6 +381,14 @@ def _report_command(args: argparse.Namespace, methods: Sequence[str]) -> list[st
                 "--sanity-mode", args.sanity_mode, "--sanity-layers", str(args.sanity_layers)]
     for item in args.param:
         command += ["--param", item]
+    if args.engine != "local":
+        command += ["--engine", args.engine]
+        if args.address is not None:
+            command += ["--address", args.address]
+        if args.workers is not None:
+            command += ["--workers", str(args.workers)]
+        if args.gpus_per_worker:
+            command += ["--gpus-per-worker", f"{args.gpus_per_worker:g}"]
     if args.visualize:
         command.append("--visualize")
         if args.concepts is not None:

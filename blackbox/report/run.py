@@ -16,6 +16,11 @@ preprocessing, labels, method, parameters, target, seed, metrics and truth) and 
 SHA-256 the record stored when they were written; failed items, and items whose files are missing,
 truncated or replaced, are done again (each redo is noted on stderr and in ``results.json``).
 
+The driver plans the work (images x methods still to do), an engine (:mod:`blackbox.report.engines`:
+``local``, or ``ray`` for actors on a Ray cluster) turns it into the item files and records above, and
+the driver alone builds results and pages from the records on disk; the records are the same whichever
+engine made them, so ``resume`` works across engines.
+
 One run at a time per folder: the run holds an exclusive ``flock`` on ``DIR/.blackbox-report.lock`` and a
 second run on the same folder refuses in one line. Temporaries are removed only when blackbox made them
 (its own name prefix) and the process that made them is gone. Every item is computed on its own with the same seed, so a resumed run gives the
@@ -89,6 +94,13 @@ class ReportConfig:
     visualize: bool = False
     concepts: str | None = None
     visualize_steps: int = 128
+    # who computes the records (blackbox.report.engines): "local" (this process) or "ray" (actors on a Ray
+    # cluster: ``address`` None starts a local instance; ``workers`` None: one per CPU, or per
+    # ``gpus_per_worker`` GPUs). Not part of a record's configuration hash: --resume works across engines.
+    engine: str = "local"
+    address: str | None = None
+    workers: int | None = None
+    gpus_per_worker: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items()}
@@ -110,6 +122,7 @@ class ReportSummary:
     methods: dict[str, dict[str, Any]]
     redone: list[dict[str, str]] = field(default_factory=list)  # resumed items done again, and why
     inside: dict[str, Any] | None = None  # the model-level section (visualize=True), as in results.json
+    engine: dict[str, Any] = field(default_factory=dict)  # what the engine did: name, workers, retried items
 
     @property
     def failed(self) -> int:
@@ -396,17 +409,25 @@ def _load_truth_regions(model: Any, sample: Any, truth: Truth) -> dict[str, Any]
     return regions
 
 
+def _item_target(model: Any, config: ReportConfig, truth: Truth, sample: Any) -> int:
+    """The class one item explains: the truth's target, else --target, else the top-1 class."""
+    from ..api import resolve_target
+
+    return resolve_target(model, truth.target if truth.target is not None else config.target, sample.x)
+
+
 def _explain_item(model: Any, entry: Entry, method: str, config: ReportConfig, truth: Truth, sample: Any,
-                  probs: np.ndarray, item_dir: Path) -> dict[str, Any]:
-    """Explain, score, write PNG + NPZ; return the record (the caller writes the JSON last)."""
+                  probs: np.ndarray, item_dir: Path, exp: Any = None) -> dict[str, Any]:
+    """Explain (unless ``exp``, the explanation an engine computed in a batch, is given), score, write
+    PNG + NPZ; return the record (the caller writes the JSON last)."""
     from .. import metrics as M
-    from ..api import explain, resolve_target
+    from ..api import explain
     from ..inputs import from_internal
 
-    target_spec = truth.target if truth.target is not None else config.target
-    index = resolve_target(model, target_spec, sample.x)
-    exp = explain(model, entry.path, method, target=index, score=config.score, seed=config.seed,
-                  **config.params.get(method, {}))
+    index = _item_target(model, config, truth, sample)
+    if exp is None:
+        exp = explain(model, entry.path, method, target=index, score=config.score, seed=config.seed,
+                      **config.params.get(method, {}))
     names = _metric_names(config, truth)
     x_model = from_internal(model, sample.x)
     flat: dict[str, Any] = {}
@@ -540,11 +561,18 @@ def _run_locked(model: Any, entries: list[Entry], config: ReportConfig, out: Pat
     facts = {"sha256": card["sha256"], "preprocess": card["preprocess"], "output": card["output"],
              "input": card["input"], "labels": _labels_digest(model)}
     truths = {e.key: _truth_for(e, by_path, by_name) for e in entries}
+    from .engines import WorkItem, get_engine
+
+    engine = get_engine(config.engine)  # an unknown engine, or ray missing: before any work
     total = len(entries) * len(config.methods)
     # progress None: a bar only on a terminal (tqdm's disable=None); True/False force it on/off
     bar = tqdm(total=total, unit="item", desc="report", disable=None if progress is None else not progress,
                dynamic_ncols=True)
     with bar:
+        # the plan: every (image, methods still to do) after the --resume checks; the engine turns it into
+        # records (files and the item's JSON, written atomically under fixed names); the driver alone
+        # builds results and pages from the records on disk
+        work: list[WorkItem] = []
         for entry in entries:
             truth = truths[entry.key]
             digests = {m: _config_hash(config, facts, m, truth) for m in config.methods}
@@ -559,36 +587,15 @@ def _run_locked(model: Any, entries: list[Entry], config: ReportConfig, out: Pat
                         tqdm.write(f"blackbox: note: redoing {printable(entry.path)} [{m}]: {why}", file=sys.stderr)
                 todo.append(m)
             bar.update(len(config.methods) - len(todo))
-            if not todo:
-                continue
-            item_dir = out / "items" / entry.key
-            item_dir.mkdir(parents=True, exist_ok=True)
-            bar.set_postfix_str(Path(entry.path).name[:40])
-            sample, probs, setup_error = None, None, entry.error
-            if setup_error is None:
-                try:
-                    from ..inputs import prepare
+            if todo:
+                work.append(WorkItem(entry=entry, truth=truth, methods=todo, digests=digests))
 
-                    sample = prepare(model, entry.path)
-                    probs = model.scores(sample.x, score="probability")[0].astype(np.float64)
-                except KeyboardInterrupt:
-                    raise
-                except Exception as error:  # noqa: BLE001 - recorded, the run goes on
-                    setup_error = _error_text(error)
-            for method in todo:
-                base = {"image": entry.path, "key": entry.key, "method": method, "config_hash": digests[method]}
-                if setup_error is not None:
-                    record = {**base, "status": "failed", "error": setup_error}
-                else:
-                    try:
-                        record = {**base, **_explain_item(model, entry, method, config, truth, sample, probs,
-                                                          item_dir)}
-                    except KeyboardInterrupt:
-                        raise
-                    except Exception as error:  # noqa: BLE001
-                        record = {**base, "status": "failed", "error": _error_text(error)}
-                write_text_atomic(_record_path(out, entry, method), _dumps(record))
-                bar.update(1)
+        def on_record(record: dict[str, Any]) -> None:
+            bar.set_postfix_str(Path(str(record.get("image", ""))).name[:40])
+            bar.update(1)
+
+        engine_facts = engine(model, work, config, out, on_record) if work else {}
+    engine_facts = {"name": config.engine, "items": sum(len(w.methods) for w in work), **(engine_facts or {})}
     records = collect_records(out, entries, config.methods)
     methods = method_summary(records, config.methods)
     inside = None
@@ -599,7 +606,8 @@ def _run_locked(model: Any, entries: list[Entry], config: ReportConfig, out: Pat
         write_outputs(out, records, methods, config, card, redone=redone, inside=pending())
         inside = build_section(model, config, out, records, card["sha256"], concepts, progress=progress)
     write_outputs(out, records, methods, config, card, redone=redone, inside=inside)
-    return ReportSummary(out=out, records=records, methods=methods, redone=redone, inside=inside)
+    return ReportSummary(out=out, records=records, methods=methods, redone=redone, inside=inside,
+                         engine=engine_facts)
 
 
 def collect_records(out: Path, entries: Sequence[Entry], methods: Sequence[str]) -> list[dict[str, Any]]:
