@@ -35,7 +35,7 @@ Targets from the issue: batched gradient methods (grad_cam, integrated_gradients
 throughput; the Ray engine on the same cores within 1.15x of the local engine's time (warm).
 
 Usage: ``python scripts/bench_report.py [--limit N] [--threads N] [--metrics none|default] [--skip ray captum]``
-(about five minutes on two cores).
+(about ten minutes on two cores, most of it the five report runs).
 """
 
 from __future__ import annotations
