@@ -22,8 +22,7 @@ import numpy as np
 from onnx import helper
 
 from ..errors import ParameterError
-from ..graph.compose import PREFIX, SCORES
-from ..graph.onnx_utils import const
+from ..graph.compose import PREFIX, SCORES, _Builder
 
 if TYPE_CHECKING:
     from ..model import Model
@@ -169,25 +168,13 @@ class _Array:
 
 
 # ------------------------------------------------------------------------------------------ emission
-@dataclass
-class _Emitter:
-    nodes: list = field(default_factory=list)
-    inits: list = field(default_factory=list)
-    count: int = 0
+class _Emitter(_Builder):
+    """The wrapper's node builder, with names of its own (``blackbox/obj_...``: never those of the forward
+    graph's builder) and the two shapes every term needs."""
 
     def name(self, hint: str) -> str:
         self.count += 1
         return f"{PREFIX}obj_{hint}_{self.count}"
-
-    def op(self, op_type: str, inputs: list[str], hint: str, **attrs) -> str:
-        out = self.name(hint)
-        self.nodes.append(helper.make_node(op_type, inputs, [out], name=self.name(op_type), **attrs))
-        return out
-
-    def constant(self, hint: str, array: np.ndarray) -> str:
-        name = self.name(hint)
-        self.inits.append(const(name, np.asarray(array)))
-        return name
 
     def flat(self, tensor: str) -> str:
         return self.op("Reshape", [tensor, self.constant("flat", np.array([0, -1], np.int64))], "flat")

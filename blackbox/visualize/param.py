@@ -17,6 +17,8 @@ to the variables, given the gradient with respect to the image) and can be set f
 
 from __future__ import annotations
 
+import abc
+
 import numpy as np
 
 from ..errors import ParameterError
@@ -38,7 +40,7 @@ def _logit(p: np.ndarray) -> np.ndarray:
     return np.log(p / (1 - p))
 
 
-class Parametrisation:
+class Parametrisation(abc.ABC):
     """Variables ``self.params`` (float64) and the map to a display-space image [n, c, h, w]."""
 
     params: np.ndarray
@@ -48,14 +50,17 @@ class Parametrisation:
         self.shape = (n, channels, height, width)
         self.decorrelate = decorrelate and channels == 3
 
+    @abc.abstractmethod
     def image(self) -> np.ndarray:
-        raise NotImplementedError
+        """The display-space images [n, c, h, w] in [0, 1] the variables stand for."""
 
+    @abc.abstractmethod
     def backward(self, grad_image: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """d objective / d variables, from d objective / d image (of the last :meth:`image`)."""
 
+    @abc.abstractmethod
     def set_image(self, image: np.ndarray) -> None:
-        raise NotImplementedError
+        """Variables that give ``image`` back (start from a picture; re-project after a blur)."""
 
     def after_step(self) -> None:
         """Projection after an optimiser step (only ``rgb`` needs one)."""
