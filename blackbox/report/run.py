@@ -417,14 +417,16 @@ def _item_target(model: Any, config: ReportConfig, truth: Truth, sample: Any) ->
 
 
 def _explain_item(model: Any, entry: Entry, method: str, config: ReportConfig, truth: Truth, sample: Any,
-                  probs: np.ndarray, item_dir: Path, exp: Any = None) -> dict[str, Any]:
+                  probs: np.ndarray, item_dir: Path, exp: Any = None, index: int | None = None) -> dict[str, Any]:
     """Explain (unless ``exp``, the explanation an engine computed in a batch, is given), score, write
-    PNG + NPZ; return the record (the caller writes the JSON last)."""
+    PNG + NPZ; return the record (the caller writes the JSON last). ``index``: the item's class when the
+    engine has resolved it already (it is the same for every method of an image)."""
     from .. import metrics as M
     from ..api import explain
     from ..inputs import from_internal
 
-    index = _item_target(model, config, truth, sample)
+    if index is None:
+        index = _item_target(model, config, truth, sample)
     if exp is None:
         exp = explain(model, entry.path, method, target=index, score=config.score, seed=config.seed,
                       **config.params.get(method, {}))

@@ -11,6 +11,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -20,6 +21,18 @@ GIB = 1 << 30
 # Runtime map about 1.2 GiB of virtual memory before any work; 3 GiB leaves room for real work and
 # stops any multi-gigabyte allocation a hostile file asks for.
 DEFAULT_LIMIT = 3 * GIB
+# ``python -m blackbox.cli ARGS`` that also writes its own peak RSS (KiB) to $BLACKBOX_TEST_PEAK_RSS at
+# exit: the child's own figure. RUSAGE_CHILDREN would be the largest of every child this test process
+# ever waited for (a Ray head started by an earlier test, say), not this one's.
+_RSS_FILE = "BLACKBOX_TEST_PEAK_RSS"
+_MEASURED = (
+    "import atexit, os, resource, runpy\n"
+    "def _peak():\n"
+    "    with open(os.environ['BLACKBOX_TEST_PEAK_RSS'], 'w') as f:\n"
+    "        f.write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))\n"
+    "atexit.register(_peak)\n"
+    "runpy.run_module('blackbox.cli', run_name='__main__', alter_sys=True)\n"
+)
 
 
 @dataclass
@@ -55,12 +68,14 @@ def run_cli(args: Sequence[str], *, cwd: Path | None = None, memory_limit: int |
         if memory_limit is not None:
             resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
 
-    child_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    done = subprocess.run([sys.executable, "-m", "blackbox.cli", *map(str, args)], cwd=cwd, env=child_env,
-                          capture_output=True, text=True, timeout=timeout, preexec_fn=limit,
-                          input=stdin if stdin is not None else "")
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return Outcome(done.returncode, done.stdout, done.stderr, int(usage.ru_maxrss) * 1024)
+    with tempfile.TemporaryDirectory() as scratch:
+        rss_file = os.path.join(scratch, "peak-rss")
+        child_env = {**os.environ, "OMP_NUM_THREADS": "1", _RSS_FILE: rss_file, **(env or {})}
+        done = subprocess.run([sys.executable, "-c", _MEASURED, *map(str, args)], cwd=cwd, env=child_env,
+                              capture_output=True, text=True, timeout=timeout, preexec_fn=limit,
+                              input=stdin if stdin is not None else "")
+        peak = int(Path(rss_file).read_text()) * 1024 if os.path.exists(rss_file) else 0
+    return Outcome(done.returncode, done.stdout, done.stderr, peak)
 
 
 def snapshot(*folders: Path) -> dict[str, tuple[int, int, int]]:

@@ -111,6 +111,7 @@ def process(model: Any, items: Iterable[WorkItem], config: Any, out: Path,
             on_record(record)
 
     setups = {}
+    classes: dict[str, int] = {}  # an image's class is the same for every method: resolved once
     for item in items:
         (out / "items" / item.entry.key).mkdir(parents=True, exist_ok=True)
         setups[item.entry.key] = _setup(model, item)
@@ -120,7 +121,9 @@ def process(model: Any, items: Iterable[WorkItem], config: Any, out: Path,
             sample, _, error = setups[item.entry.key]
             if error is None:
                 try:
-                    ready.append((item, _item_target(model, config, item.truth, sample)))
+                    if item.entry.key not in classes:
+                        classes[item.entry.key] = _item_target(model, config, item.truth, sample)
+                    ready.append((item, classes[item.entry.key]))
                     continue
                 except KeyboardInterrupt:
                     raise
@@ -128,14 +131,14 @@ def process(model: Any, items: Iterable[WorkItem], config: Any, out: Path,
                     error = _error_text(failure)
             finish(item, method, {"status": "failed", "error": error})
         results = explanations(model, [i.entry.path for i, _ in ready], [t for _, t in ready], method, config)
-        for (item, _), exp in zip(ready, results):
+        for (item, index), exp in zip(ready, results):
             sample, probs, _ = setups[item.entry.key]
             if isinstance(exp, BaseException):
                 record = {"status": "failed", "error": _error_text(exp)}
             else:
                 try:
                     record = _explain_item(model, item.entry, method, config, item.truth, sample, probs,
-                                           out / "items" / item.entry.key, exp=exp)
+                                           out / "items" / item.entry.key, exp=exp, index=index)
                 except KeyboardInterrupt:
                     raise
                 except Exception as error:  # noqa: BLE001
