@@ -292,13 +292,19 @@ def lucent_logit(net: nn.Module, images: np.ndarray, index: int) -> float:
         return float(net((t - mean) / std)[0, index])
 
 
-def machine(threads: int) -> str:
+def cpu_name() -> str:
+    """The processor's model name (from /proc/cpuinfo where there is one)."""
     cpu = platform.processor() or "?"
     try:
         with open("/proc/cpuinfo") as handle:
             cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
+    return cpu
+
+
+def machine(threads: int) -> str:
+    cpu = cpu_name()
     import onnxruntime as ort
 
     return (f"{cpu}, {os.cpu_count()} CPUs, {threads} intra-op threads for both (no spinning: "
