@@ -115,6 +115,7 @@ def _model_arguments(parser: argparse.ArgumentParser, *, positional: bool = True
     parser.add_argument("--layout", choices=["NCHW", "NHWC", "NHW"], help="input layout when it cannot be detected")
     parser.add_argument("--batch-size", type=_positive_int, help="samples per ONNX Runtime call (default: from a memory budget)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars on stderr")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_visualize import add_parsers
 
     add_parsers(sub)  # layers, concepts, visualize
+    from .cli_serve import add_parsers as add_serve_parsers
+
+    add_serve_parsers(sub)  # serve
     return parser
 
 
@@ -348,7 +352,7 @@ def cmd_report(args: argparse.Namespace) -> int:
                           command=_report_command(args, methods),
                           model_options=options, engine=args.engine, address=args.address, workers=args.workers,
                           gpus_per_worker=args.gpus_per_worker)
-    summary = run_report(model, entries, config)
+    summary = run_report(model, entries, config, progress=False if args.quiet else None)
     data = {"out": str(summary.out), "ok": summary.ok, "failed": summary.failed, "methods": summary.methods,
             "index": str(summary.out / "index.html")}
     lines = [f"{summary.ok} ok, {summary.failed} failed -> {summary.out / 'index.html'}"]
@@ -401,12 +405,13 @@ def _report_command(args: argparse.Namespace, methods: Sequence[str]) -> list[st
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; a user error is one ``blackbox: error:`` line and exit 2, warnings follow the
     work (``blackbox: warning:`` lines) and leave the exit code alone."""
+    from .cli_serve import HANDLERS as SERVE_HANDLERS
     from .cli_visualize import HANDLERS
 
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {"info": cmd_info, "predict": cmd_predict, "explain": cmd_explain, "methods": cmd_methods,
-                "report": cmd_report, **HANDLERS}
+                "report": cmd_report, **HANDLERS, **SERVE_HANDLERS}
     _warnings.clear()
     try:
         code = handlers[args.command](args)
