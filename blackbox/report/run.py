@@ -4,12 +4,17 @@ Files, all written atomically (a temporary name in the same folder, then ``os.re
 never leaves a half-written file under a real name:
 
 ```
-DIR/items/<key>/<method>.png   overlay
-DIR/items/<key>/<method>.npz   raw maps (Explanation.save_npz)
-DIR/items/<key>/<method>.json  the item's record: the source of truth, written last
+DIR/items/<key>/<stem>.png   overlay
+DIR/items/<key>/<stem>.npz   raw maps (Explanation.save_npz)
+DIR/items/<key>/<stem>.json  the item's record: the source of truth, written last
 DIR/results.json, results.csv, index.html   regenerated at the end from the item records
-DIR/inside/...                 with ``visualize=True``: the model-level section (see blackbox.report.inside)
+DIR/inside/...               with ``visualize=True``: the model-level section (see blackbox.report.inside)
 ```
+
+One record per image x method x target: ``<stem>`` is the method's name when the image has one target
+(the default top-1 class, one ``--target`` class, a truth target), ``METHOD__SLOT`` when it has several
+(``--target cat,dog`` -> slots ``c281``, ``c254``; ``--target top3`` -> ``top1``..``top3``; see
+:mod:`blackbox.report.targets`).
 
 ``resume=True`` skips an item whose record says ``ok`` for the same configuration (a hash of the model,
 preprocessing, labels, method, parameters, target, seed, metrics and truth) and whose files still have the
@@ -57,17 +62,22 @@ DEFAULT_METRICS = ("deletion", "insertion")
 REGIONS = ("mask", "box")
 SUMMARY_COLUMNS = ("deletion_auc", "insertion_auc", "pointing_mask", "share_mask", "area_mask", "pointing_box",
                    "share_box", "area_box", "sanity_spearman_abs", "sanity_ssim", "seconds", "n_evals")
-CSV_COLUMNS = ("image", "key", "method", "status", "error", "target", "label", "score", "score_space",
-               "probability", "top_k", "params", "seconds", "n_evals", "deletion_auc", "insertion_auc",
-               "pointing_mask", "share_mask", "area_mask", "pointing_box", "share_box", "area_box",
-               "sanity_spearman_abs", "sanity_spearman", "sanity_ssim", "overlay", "npz")
+# probability, log_probability, logit: the target's scores in those spaces (logit only for a model that
+# outputs logits); explained_score / explained_space: the score the method explained, in its true space
+CSV_COLUMNS = ("image", "key", "method", "slot", "status", "error", "target", "label", "probability",
+               "log_probability", "logit", "explained_score", "explained_space", "top_k", "params", "seconds",
+               "n_evals", "deletion_auc", "insertion_auc", "pointing_mask", "share_mask", "area_mask",
+               "pointing_box", "share_box", "area_box", "sanity_spearman_abs", "sanity_spearman", "sanity_ssim",
+               "n_notes", "notes", "overlay", "npz")
 
 
 # ------------------------------------------------------------------------------------ configuration
 
 @dataclass
 class ReportConfig:
-    """What one report run does. ``params`` maps method -> its keyword parameters; ``metrics`` None means
+    """What one report run does. ``target``: None (top-1), a class index or label, a comma-separated list
+    of them, or ``topK`` (:mod:`blackbox.report.targets`); ``params`` maps method -> its keyword
+    parameters; ``metrics`` None means
     deletion, insertion, plus pointing for images with a truth mask or box; ``command`` is recorded so the
     page says how to reproduce the run. ``visualize``/``concepts``/``visualize_steps``: the model-level
     section (``--visualize``)."""
@@ -374,11 +384,15 @@ def _metric_names(config: ReportConfig, truth: Truth) -> list[str]:
     return names
 
 
-def _config_hash(config: ReportConfig, model_facts: dict[str, Any], method: str, truth: Truth) -> str:
+def _config_hash(config: ReportConfig, model_facts: dict[str, Any], method: str, truth: Truth,
+                 token: str | None) -> str:
+    """The record's configuration: ``token`` is its target as :class:`~blackbox.report.targets.TargetSlot`
+    records it (the text given for one class, ``topK`` for a rank, None for the default top-1), so a
+    single-target run hashes as it did before several targets existed and resumes its records."""
     from .. import __version__
 
     facts = {"blackbox": __version__, "model": model_facts, "method": method, "params": config.params.get(method, {}),
-             "target": truth.target if truth.target is not None else config.target, "score": config.score,
+             "target": token, "score": config.score,
              "seed": config.seed, "metrics": _metric_names(config, truth), "step": config.step,
              "tolerance": config.tolerance, "sanity": [config.sanity_mode, config.sanity_layers],
              "truth": [truth.box, truth.mask], "top": config.top, "colormap": config.colormap}
@@ -409,24 +423,20 @@ def _load_truth_regions(model: Any, sample: Any, truth: Truth) -> dict[str, Any]
     return regions
 
 
-def _item_target(model: Any, config: ReportConfig, truth: Truth, sample: Any) -> int:
-    """The class one item explains: the truth's target, else --target, else the top-1 class."""
-    from ..api import resolve_target
-
-    return resolve_target(model, truth.target if truth.target is not None else config.target, sample.x)
-
-
 def _explain_item(model: Any, entry: Entry, method: str, config: ReportConfig, truth: Truth, sample: Any,
-                  probs: np.ndarray, item_dir: Path, exp: Any = None, index: int | None = None) -> dict[str, Any]:
-    """Explain (unless ``exp``, the explanation an engine computed in a batch, is given), score, write
-    PNG + NPZ; return the record (the caller writes the JSON last). ``index``: the item's class when the
-    engine has resolved it already (it is the same for every method of an image)."""
+                  scores: tuple[np.ndarray, np.ndarray], item_dir: Path, exp: Any = None, *, index: int,
+                  stem: str | None = None) -> dict[str, Any]:
+    """Explain class ``index`` (unless ``exp``, the explanation an engine computed in a batch, is given),
+    score, write PNG + NPZ as ``stem``; return the record (the caller writes the JSON last). ``scores``:
+    the image's (probabilities, logit-space scores)."""
     from .. import metrics as M
     from ..api import explain
     from ..inputs import from_internal
+    from .colorbar import overlay_range
+    from .notes import record_notes
+    from .targets import target_scores, true_space
 
-    if index is None:
-        index = _item_target(model, config, truth, sample)
+    probs, logits = scores
     if exp is None:
         exp = explain(model, entry.path, method, target=index, score=config.score, seed=config.seed,
                       **config.params.get(method, {}))
@@ -456,17 +466,27 @@ def _explain_item(model: Any, entry: Entry, method: str, config: ReportConfig, t
         if steps:
             flat["sanity_spearman_abs"], flat["sanity_spearman"] = steps[-1].spearman_abs, steps[-1].spearman
             flat["sanity_ssim"] = steps[-1].ssim
-    stem = _safe_name(method)
+    stem = stem or _safe_name(method)
     exp.save_overlay(item_dir / f"{stem}.png", colormap=config.colormap)
     exp.save_npz(item_dir / f"{stem}.npz")
     order = np.argsort(-probs, kind="stable")[: config.top]
     summary = exp.summary()
+    kind = getattr(model, "output_kind", None)
+    geometry = getattr(sample, "geometry", None)
+    crop = None
+    if geometry is not None:
+        h, w = geometry.model_size
+        crop = [round(float(v), 2) for v in geometry.to_image_box((0, 0, h, w))]
     return {
-        "status": "ok", "error": None, "target": int(index), "label": exp.label, "score": float(exp.target_score),
-        "score_space": exp.score, "probability": float(probs[index]),
+        "status": "ok", "error": None, "target": int(index), "label": exp.label,
+        **target_scores(logits, probs, int(index), kind),
+        "score": float(exp.target_score), "score_space": true_space(exp.score, kind),
         "top": [{"index": int(i), "label": model.label(int(i)), "probability": float(probs[i])} for i in order],
         "params": summary["params"], "seconds": round(float(exp.seconds), 4), "n_evals": int(exp.n_evals),
-        "notes": summary["notes"], "metrics": flat, "curves": curves, "sanity": sanity,
+        "notes": record_notes(exp, model, probs, logits, int(index)),
+        "colorbar": overlay_range(exp.heatmap, exp.image.shape, exp.seen, config.colormap),
+        "picture": {"size": list(exp.image.shape[:2]), "crop": crop},
+        "metrics": flat, "curves": curves, "sanity": sanity,
         "truth": {"target": truth.target, "box": truth.box, "mask": truth.mask,
                   "box_model": regions.get("box")},
         "files": {"overlay": f"items/{entry.key}/{stem}.png", "npz": f"items/{entry.key}/{stem}.npz"},
@@ -474,15 +494,20 @@ def _explain_item(model: Any, entry: Entry, method: str, config: ReportConfig, t
     }
 
 
-def _record_path(out: Path, entry: Entry, method: str) -> Path:
-    return out / "items" / entry.key / f"{_safe_name(method)}.json"
+def _record_path(out: Path, entry: Entry, stem: str) -> Path:
+    return out / "items" / entry.key / f"{stem}.json"
 
 
-def _finished(out: Path, entry: Entry, method: str, digest: str) -> tuple[dict[str, Any] | None, str | None]:
+def record_stem_of(record: dict[str, Any]) -> str:
+    """The file stem of a record (records made before several targets existed name none: the method's)."""
+    return str(record.get("stem") or _safe_name(str(record.get("method"))))
+
+
+def _finished(out: Path, entry: Entry, stem: str, digest: str) -> tuple[dict[str, Any] | None, str | None]:
     """(record, None) when the stored record is ok, made with the same configuration, and every file it
     names still has the SHA-256 stored with it; else (None, why it must be done again; None when there
     is nothing to redo but a first run or a failure)."""
-    path = _record_path(out, entry, method)
+    path = _record_path(out, entry, stem)
     if not path.exists():
         return None, None
     try:
@@ -531,10 +556,9 @@ def run_report(model: Any, inputs: Sequence[str] | Sequence[Entry], config: Repo
         raise ParameterError("--top must be at least 1")
     if config.sanity_mode not in ("cascading", "independent"):
         raise ParameterError("--sanity-mode must be cascading or independent")
-    if config.target is not None:  # a bad --target is the user's mistake, not 64 failed items
-        from ..api import resolve_target
+    from .targets import parse_targets
 
-        resolve_target(model, config.target, None)
+    slots = parse_targets(model, config.target)  # a bad --target is the user's mistake, not 64 failed items
     from .inside import check_config
 
     concepts = check_config(config)  # a bad --concepts folder or --visualize-steps: before any work
@@ -552,11 +576,24 @@ def run_report(model: Any, inputs: Sequence[str] | Sequence[Entry], config: Repo
         raise ParameterError(f"cannot create the output folder {out}: {error.strerror or error}") from None
     with _FolderLock(out):
         remove_stale_temporaries(out)
-        return _run_locked(model, entries, config, out, by_path, by_name, progress, concepts)
+        return _run_locked(model, entries, config, out, by_path, by_name, progress, concepts, slots)
+
+
+def plan_jobs(config: ReportConfig, facts: dict[str, Any], truth: Truth, slots: Sequence[Any]) -> list[Any]:
+    """Every record one image gets: per target slot (in order), per method, with its stem and hash."""
+    from .engines import Job
+    from .targets import record_stem, slots_for
+
+    mine = slots_for(truth.target, slots)
+    several = len(mine) > 1
+    return [Job(method=m, slot=slot, stem=record_stem(_safe_name(m), slot.name if several else None),
+                digest=_config_hash(config, facts, m, truth, slot.token), several=several)
+            for slot in mine for m in config.methods]
 
 
 def _run_locked(model: Any, entries: list[Entry], config: ReportConfig, out: Path, by_path: dict[str, Truth],
-                by_name: dict[str, list[Truth]], progress: bool | None, concepts: Any = None) -> ReportSummary:
+                by_name: dict[str, list[Truth]], progress: bool | None, concepts: Any = None,
+                slots: Sequence[Any] = ()) -> ReportSummary:
     """The run proper, while this process holds the folder's lock."""
     redone: list[dict[str, str]] = []
     card = model_card(model, path=config.model_options.get("model"))
@@ -566,7 +603,8 @@ def _run_locked(model: Any, entries: list[Entry], config: ReportConfig, out: Pat
     from .engines import WorkItem, get_engine
 
     engine = get_engine(config.engine)  # an unknown engine, or ray missing: before any work
-    total = len(entries) * len(config.methods)
+    plans = {e.key: plan_jobs(config, facts, truths[e.key], slots) for e in entries}
+    total = sum(len(jobs) for jobs in plans.values())
     # progress None: a bar only on a terminal (tqdm's disable=None); True/False force it on/off
     bar = tqdm(total=total, unit="item", desc="report", disable=None if progress is None else not progress,
                dynamic_ncols=True)
@@ -576,29 +614,30 @@ def _run_locked(model: Any, entries: list[Entry], config: ReportConfig, out: Pat
         # builds results and pages from the records on disk
         work: list[WorkItem] = []
         for entry in entries:
-            truth = truths[entry.key]
-            digests = {m: _config_hash(config, facts, m, truth) for m in config.methods}
+            jobs = plans[entry.key]
             todo = []
-            for m in config.methods:
+            for job in jobs:
                 if config.resume:
-                    record, why = _finished(out, entry, m, digests[m])
+                    record, why = _finished(out, entry, job.stem, job.digest)
                     if record is not None:
                         continue
                     if why is not None:
-                        redone.append({"image": entry.path, "key": entry.key, "method": m, "reason": why})
-                        tqdm.write(f"blackbox: note: redoing {printable(entry.path)} [{m}]: {why}", file=sys.stderr)
-                todo.append(m)
-            bar.update(len(config.methods) - len(todo))
+                        redone.append({"image": entry.path, "key": entry.key, "method": job.method,
+                                       "slot": job.slot.name if job.several else None, "reason": why})
+                        tqdm.write(f"blackbox: note: redoing {printable(entry.path)} [{job.stem}]: {why}",
+                                   file=sys.stderr)
+                todo.append(job)
+            bar.update(len(jobs) - len(todo))
             if todo:
-                work.append(WorkItem(entry=entry, truth=truth, methods=todo, digests=digests))
+                work.append(WorkItem(entry=entry, truth=truths[entry.key], jobs=todo))
 
         def on_record(record: dict[str, Any]) -> None:
             bar.set_postfix_str(Path(str(record.get("image", ""))).name[:40])
             bar.update(1)
 
         engine_facts = engine(model, work, config, out, on_record) if work else {}
-    engine_facts = {"name": config.engine, "items": sum(len(w.methods) for w in work), **(engine_facts or {})}
-    records = collect_records(out, entries, config.methods)
+    engine_facts = {"name": config.engine, "items": sum(len(w.jobs) for w in work), **(engine_facts or {})}
+    records = collect_records(out, entries, plans)
     methods = method_summary(records, config.methods)
     inside = None
     if config.visualize:
@@ -612,16 +651,18 @@ def _run_locked(model: Any, entries: list[Entry], config: ReportConfig, out: Pat
                          engine=engine_facts)
 
 
-def collect_records(out: Path, entries: Sequence[Entry], methods: Sequence[str]) -> list[dict[str, Any]]:
-    """Every (image, method) record in input order, read back from the item files."""
+def collect_records(out: Path, entries: Sequence[Entry], plans: dict[str, Sequence[Any]]) -> list[dict[str, Any]]:
+    """Every (image, target, method) record in input order, read back from the item files; ``plans``:
+    each image's jobs (:func:`plan_jobs`)."""
     records = []
     for entry in entries:
-        for method in methods:
-            path = _record_path(out, entry, method)
+        for job in plans[entry.key]:
+            path = _record_path(out, entry, job.stem)
             try:
                 record = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, ValueError):
-                record = {"image": entry.path, "key": entry.key, "method": method, "status": "failed",
+                record = {"image": entry.path, "key": entry.key, "method": job.method,
+                          "slot": job.slot.name if job.several else None, "stem": job.stem, "status": "failed",
                           "error": "no result was recorded for this item"}
             records.append(record)
     return records
@@ -639,7 +680,8 @@ def method_summary(records: Sequence[dict[str, Any]], methods: Sequence[str]) ->
     for method in methods:
         rows = [r for r in records if r.get("method") == method]
         ok = [r for r in rows if r.get("status") == "ok"]
-        summary: dict[str, Any] = {"items": len(rows), "ok": len(ok), "failed": len(rows) - len(ok)}
+        summary: dict[str, Any] = {"items": len(rows), "ok": len(ok), "failed": len(rows) - len(ok),
+                                   "warned": sum(1 for r in ok if r.get("notes"))}
         for column in SUMMARY_COLUMNS:
             if column in ("seconds", "n_evals"):
                 values = [r.get(column) for r in ok]
@@ -665,10 +707,14 @@ def results_csv(records: Sequence[dict[str, Any]]) -> str:
         m = r.get("metrics") or {}
         files = r.get("files") or {}
         top = "; ".join(f"{t['label']}:{t['probability']:.4f}" for t in r.get("top") or [])
+        notes = [str(n) for n in r.get("notes") or []]
         row = {"image": _csv_text(r.get("image")), "key": _csv_text(r.get("key")), "method": _csv_text(r.get("method")),
-               "status": r.get("status"), "error": _csv_text(r.get("error")), "target": r.get("target"),
-               "label": _csv_text(r.get("label")), "score": r.get("score"), "score_space": r.get("score_space"),
-               "probability": r.get("probability"), "top_k": _csv_text(top),
+               "slot": _csv_text(r.get("slot")), "status": r.get("status"), "error": _csv_text(r.get("error")),
+               "target": r.get("target"), "label": _csv_text(r.get("label")), "probability": r.get("probability"),
+               "log_probability": r.get("log_probability"), "logit": r.get("logit"),
+               "explained_score": r.get("score"), "explained_space": r.get("score_space"),
+               "n_notes": len(notes) if r.get("status") == "ok" else None, "notes": _csv_text(" | ".join(notes)),
+               "top_k": _csv_text(top),
                "params": json.dumps(r.get("params"), sort_keys=True) if r.get("params") is not None else "",
                "seconds": r.get("seconds"), "n_evals": r.get("n_evals"),
                "overlay": files.get("overlay"), "npz": files.get("npz")}

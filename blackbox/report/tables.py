@@ -2,8 +2,9 @@
 
 One row per image x method x target, the same columns as ``results.csv`` (:data:`~blackbox.report.run.
 CSV_COLUMNS`) with real types: floats for scores and metrics, integers for the target and the evaluation
-count, booleans for the pointing game, strings for text (kept as they are: unlike the CSV, nothing here is
-opened by a spreadsheet or printed to a terminal), ``top_k`` as a list of ``{index, label, probability}``
+count, booleans for the pointing game, strings for text (kept as they are: unlike the CSV, nothing
+here is opened by a spreadsheet or printed to a terminal; ``notes``: the record's warnings joined by " | ",
+``n_notes`` their count), ``top_k`` as a list of ``{index, label, probability}``
 structs and ``params`` as a JSON string (its keys differ by method). Missing values are nulls. The file is
 written with :func:`blackbox.files.write_atomic` (a temporary in the folder, then ``os.replace``).
 """
@@ -18,9 +19,10 @@ from typing import Any, Sequence
 from ..errors import ParameterError
 from ..files import write_atomic
 
-_INT = ("target", "n_evals")
+_INT = ("target", "n_evals", "n_notes")
 _BOOL = ("pointing_mask", "pointing_box")
-_FLOAT = ("score", "probability", "seconds", "deletion_auc", "insertion_auc", "share_mask", "area_mask",
+_FLOAT = ("probability", "log_probability", "logit", "explained_score", "seconds", "deletion_auc", "insertion_auc",
+          "share_mask", "area_mask",
           "share_box", "area_box", "sanity_spearman_abs", "sanity_spearman", "sanity_ssim")
 
 
@@ -85,7 +87,10 @@ def _row(record: dict[str, Any], columns: Sequence[str]) -> dict[str, Any]:
     params = record.get("params")
     source = {**metrics, **{k: v for k, v in record.items() if k not in ("metrics", "files")},
               "overlay": files.get("overlay"), "npz": files.get("npz"),
-              "top_k": record.get("top"),
+              "top_k": record.get("top"), "explained_score": record.get("score"),
+              "explained_space": record.get("score_space"),
+              "notes": " | ".join(str(n) for n in record.get("notes") or []) or None,
+              "n_notes": len(record.get("notes") or []) if record.get("status") == "ok" else None,
               "params": json.dumps(params, sort_keys=True, allow_nan=False, default=str) if params is not None
               else None}
     row: dict[str, Any] = {}

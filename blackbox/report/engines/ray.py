@@ -148,17 +148,17 @@ class ReportWorker:
         try:
             results = []
             for record in process(self.model, items, self.config, scratch):
-                rels = [*(record.get("files") or {}).values(), f"items/{record['key']}/{_stem(record['method'])}.json"]
+                rels = [*(record.get("files") or {}).values(), _json_rel(record)]
                 results.append((record, {rel: (scratch / rel).read_bytes() for rel in rels}))
             return results
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _stem(method: str) -> str:
-    from ..run import _safe_name
+def _json_rel(record: dict[str, Any]) -> str:
+    from ..run import record_stem_of
 
-    return _safe_name(method)
+    return f"items/{record['key']}/{record_stem_of(record)}.json"
 
 
 def _units(work: Sequence[WorkItem], workers: int) -> list[list[WorkItem]]:
@@ -169,8 +169,9 @@ def _units(work: Sequence[WorkItem], workers: int) -> list[list[WorkItem]]:
 
 
 def _failed(unit: list[WorkItem], why: str) -> list[dict[str, Any]]:
-    return [{"image": item.entry.path, "key": item.entry.key, "method": method, "config_hash": item.digests[method],
-             "status": "failed", "error": why} for item in unit for method in item.methods]
+    return [{"image": item.entry.path, "key": item.entry.key, "method": job.method,
+             "slot": job.slot.name if job.several else None, "stem": job.stem, "config_hash": job.digest,
+             "status": "failed", "error": why} for item in unit for job in item.jobs]
 
 
 def run(model: Any, work: Sequence[WorkItem], config: Any, out: Path,
@@ -178,7 +179,7 @@ def run(model: Any, work: Sequence[WorkItem], config: Any, out: Path,
     import ray
 
     from ...files import remove_stale_temporaries, write_atomic
-    from ..run import _dumps, _record_path, write_text_atomic
+    from ..run import _dumps, write_text_atomic
 
     gpus = float(config.gpus_per_worker or 0)
     if gpus < 0:
@@ -202,7 +203,7 @@ def run(model: Any, work: Sequence[WorkItem], config: Any, out: Path,
         if gpus > 0 and float(resources.get("GPU", 0)) < gpus:
             raise ParameterError(f"--gpus-per-worker {gpus:g}: the Ray cluster has "
                                  f"{float(resources.get('GPU', 0)):g} GPUs")
-        workers = max(1, min(workers, sum(len(w.methods) for w in work)))
+        workers = max(1, min(workers, sum(len(w.jobs) for w in work)))
         share = cpus / workers
         num_cpus = max(1.0, math.floor(share)) if share >= 1 else round(share, 4)
         threads = max(1, int(num_cpus))
@@ -236,7 +237,7 @@ def run(model: Any, work: Sequence[WorkItem], config: Any, out: Path,
         def deliver(records: list[tuple[dict[str, Any], dict[str, bytes]]]) -> None:
             for record, files in records:
                 if files:  # the actor did not see OUT: write its files here, the record last
-                    json_rel = f"items/{record['key']}/{_stem(record['method'])}.json"
+                    json_rel = _json_rel(record)
                     for rel, data in files.items():
                         if rel != json_rel:
                             (out / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -263,7 +264,7 @@ def run(model: Any, work: Sequence[WorkItem], config: Any, out: Path,
                 except ray.exceptions.RayTaskError as error:  # an error outside any one item: as locally
                     raise error.as_instanceof_cause() from None
                 except ray.exceptions.RayError as error:  # the worker died: hand its units out again
-                    lost = sum(len(item.methods) for item in unit)
+                    lost = sum(len(item.jobs) for item in unit)
                     if i in actors:
                         sys.stderr.write(f"blackbox: note: a Ray worker was lost ({type(error).__name__}); "
                                          "retrying its unfinished items on a new worker\n")
@@ -279,8 +280,7 @@ def run(model: Any, work: Sequence[WorkItem], config: Any, out: Path,
                         records = _failed(unit, f"its Ray worker died {attempts + 1} times "
                                                 f"({type(error).__name__})")
                         for record in records:
-                            write_text_atomic(_record_path(out, WorkItemEntry(record), record["method"]),
-                                              _dumps(record))
+                            write_text_atomic(out / _json_rel(record), _dumps(record))
                         deliver([(r, {}) for r in records])
                     else:
                         retried += lost
@@ -301,11 +301,3 @@ def run(model: Any, work: Sequence[WorkItem], config: Any, out: Path,
         except OSError:
             pass
         remove_stale_temporaries(out)  # a killed worker's half-written temporaries (its process is gone)
-
-
-class WorkItemEntry:
-    """The ``key`` of a record, shaped like an Entry for :func:`blackbox.report.run._record_path`."""
-
-    def __init__(self, record: dict[str, Any]) -> None:
-        self.key = record["key"]
-        self.path = record["image"]
