@@ -1,4 +1,4 @@
-"""Explanation: what every method returns, and how it is saved (overlay PNG, NPZ, JSON summary)."""
+"""Explanation: what every method returns, and how it is saved (figure or overlay PNG, NPZ, JSON summary)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,17 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .errors import BlackboxError
 from .files import jsonable, write_atomic
 from .image_io import write_png_atomic
-from .render import overlay
+from .render import DEFAULT_CLIP, overlay
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @dataclass
@@ -51,6 +54,23 @@ class Explanation:
         """Write the overlay as a PNG (atomically: a temporary file, then rename)."""
         write_png_atomic(path, self.overlay(alpha=alpha, colormap=colormap))
         return Path(path)
+
+    def figure(self, *, sign: str | None = None, clip: float = DEFAULT_CLIP, mode: str = "blend",
+               alpha: float = 0.5, colormap: str | None = None) -> Figure:
+        """A matplotlib Figure: the original (the model's crop outlined), the map with a colour bar in its
+        own units, the overlay, and a title with method, class and score. Options: see
+        :func:`blackbox.render.figure`."""
+        from .render import figure
+
+        return figure(self, sign=sign, clip=clip, mode=mode, alpha=alpha, colormap=colormap)
+
+    def save_figure(self, path: str | os.PathLike, *, sign: str | None = None, clip: float = DEFAULT_CLIP,
+                    mode: str = "blend", alpha: float = 0.5, colormap: str | None = None) -> Path:
+        """Write :meth:`figure` as a PNG (atomically: a temporary file, then rename)."""
+        from .render import save_figure
+
+        fig = self.figure(sign=sign, clip=clip, mode=mode, alpha=alpha, colormap=colormap)
+        return save_figure(fig, path)
 
     def save_npz(self, path: str | os.PathLike) -> Path:
         """Write attributions, heatmaps and the summary to an ``.npz`` (atomically)."""

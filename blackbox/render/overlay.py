@@ -1,11 +1,11 @@
-"""Colour maps and overlays: turn a heatmap into something a person can look at."""
+"""The plain overlay: colour maps and the coloured map blended over the picture (no matplotlib)."""
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
 
-from .errors import ParameterError
+from ..errors import ParameterError
 
 _COLORMAPS = {"jet": cv2.COLORMAP_JET, "turbo": cv2.COLORMAP_TURBO, "inferno": cv2.COLORMAP_INFERNO,
               "viridis": cv2.COLORMAP_VIRIDIS, "magma": cv2.COLORMAP_MAGMA, "hot": cv2.COLORMAP_HOT}
