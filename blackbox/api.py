@@ -32,12 +32,53 @@ def flat_map_notes(heatmap: np.ndarray) -> list[str]:
     if finite.size == 0:
         return []  # NaN maps are the numerical checks' business
     if not finite.any():
-        return ["the map is all zero: the score did not respond to this method's changes (a saturated or tied "
-                "class, or a dead layer); try another method, score or target"]
+        return [("the map is all zero: the score did not respond to this method's changes (a saturated or tied "
+                "class, or a dead layer); try another method, score or target")]
     if np.ptp(finite) <= 1e-12 * max(1.0, float(np.abs(finite).max())):
-        return [f"the map is constant ({float(finite[0]):.4g} everywhere): it ranks no pixel above another; try "
-                "another method, score or target"]
+        return [(f"the map is constant ({float(finite[0]):.4g} everywhere): it ranks no pixel above another; try "
+                "another method, score or target")]
     return []
+
+
+TIE_TOLERANCE = 1e-5  # relative: another class this close to the target's probability ties with it
+SATURATED = 1.0 - 1e-6  # a probability this close to 1 is 1.0 to float32 precision
+
+
+def target_notes(probabilities: np.ndarray, target: int, score: str) -> list[str]:
+    """Notes when the target's score cannot rank pixels well: another class ties with it (the model
+    cannot tell them apart here), or its probability is 1.0 to float precision (probability-space maps
+    go flat, since no change moves a saturated softmax)."""
+    p = np.asarray(probabilities, dtype=np.float64).ravel()
+    notes = []
+    mine = float(p[target])
+    others = np.delete(np.arange(p.size), target)
+    tied = others[np.abs(p[others] - mine) <= TIE_TOLERANCE * max(mine, 1e-30)] if mine > 0 else others[:0]
+    if tied.size:
+        shown = ", ".join(str(int(i)) for i in tied[:5]) + (", ..." if tied.size > 5 else "")
+        notes.append(f"the target ties with class {shown} (probability {mine:.4g} each): the model does not "
+                     "separate them here, so the map may explain either; try another target or model")
+    if mine >= SATURATED and score == "probability":
+        notes.append(f"the target's probability is {mine:.7f}, 1.0 to float precision: a probability-space map "
+                     "is flat because nothing moves a saturated softmax; explain score logit instead")
+    return notes
+
+
+def preprocess_notes(model: Model) -> list[str]:
+    """A note when the preprocessing was guessed: the map explains that guess, which may not be how the
+    model was trained."""
+    if not model.preprocess_guessed:
+        return []
+    return [("the preprocessing was guessed (no preset given, no metadata in the model): pixels/255 and an exact "
+            "resize; pass the model's preset (CLI --preset: imagenet, caffe, mnist, mnist-normalized, cifar, none, "
+            "raw)")]
+
+
+def score_space(model: Model, score: str) -> str:
+    """The true name of a score space: the "logit" of a model that outputs probabilities or
+    log-probabilities is a log-probability (log p), not a logit."""
+    if score == "logit" and model.output_kind in ("probabilities", "log_probabilities"):
+        return "log_probability"
+    return score
 
 
 def check_request(model: Model, method: str, score: str | None) -> tuple[MethodSpec, str]:
@@ -52,11 +93,12 @@ def check_request(model: Model, method: str, score: str | None) -> tuple[MethodS
 
 
 def build_explanation(spec: MethodSpec, ctx: Context, result: Result, params: dict[str, Any], seconds: float,
-                      target_score: float | None = None) -> Explanation:
+                      target_score: float | None = None, probabilities: np.ndarray | None = None) -> Explanation:
     """A method's Result -> the Explanation the user sees: the map taken back onto the picture, the
     attributions in the model's layout, the parameters used and the notes. One place, so ``explain`` and
     ``explain_many`` build identical Explanations; ``target_score`` may come from a batched forward pass
-    (default: one pass for this sample)."""
+    and ``probabilities`` (the sample's class probabilities, for the tie and saturation notes) may come
+    from a batched forward pass (default: one pass for this sample)."""
     model, sample = ctx.model, ctx.sample
     model_heatmap = np.asarray(result.heatmap, dtype=np.float32)
     if sample.model_space:
@@ -67,10 +109,14 @@ def build_explanation(spec: MethodSpec, ctx: Context, result: Result, params: di
     attributions = from_internal(model, result.attributions) if result.pixel_attributions else result.attributions
     used = {**spec.parameters(), **params}
     score_value = ctx.target_score() if target_score is None else float(target_score)
+    if probabilities is None:
+        probabilities = model.scores(sample.x, score="probability")[0]
+    notes = (list(result.notes) + flat_map_notes(model_heatmap) + target_notes(probabilities, ctx.target, ctx.score)
+             + preprocess_notes(model))
     return Explanation(method=spec.name, target=ctx.target, label=model.label(ctx.target), target_score=score_value,
-                       score=ctx.score, attributions=np.asarray(attributions), heatmap=heatmap,
+                       score=score_space(model, ctx.score), attributions=np.asarray(attributions), heatmap=heatmap,
                        model_heatmap=model_heatmap, image=picture, params=used, n_evals=int(result.n_evals),
-                       seconds=seconds, source=sample.source, notes=list(result.notes) + flat_map_notes(model_heatmap),
+                       seconds=seconds, source=sample.source, notes=list(dict.fromkeys(notes)),
                        extras=result.extras, seen=seen)
 
 

@@ -138,7 +138,8 @@ class _Item:
     """One image on its way through: where it was in the input, its sample (or why it has none),
     its target (None: top-1), and then its context and result."""
 
-    __slots__ = ("context", "error", "index", "result", "sample", "seconds", "target", "target_score")
+    __slots__ = ("context", "error", "index", "probabilities", "result", "sample", "seconds", "target",
+                 "target_score")
 
     def __init__(self, index: int, target: int | None):
         self.index, self.target = index, target
@@ -148,6 +149,7 @@ class _Item:
         self.result: Result | None = None
         self.seconds = 0.0
         self.target_score: float | None = None
+        self.probabilities: np.ndarray | None = None
 
 
 def _prepare(model: Model, item: Any) -> Sample | Exception:
@@ -286,14 +288,18 @@ def _top1_batch(model: Model, single: bool = False):
 
 
 def _target_scores(live: list[_Item]) -> None:
+    """The target's score and the class probabilities (for the tie and saturation notes), batched."""
     ctx = live[0].context
-    values = ctx.model.scores(np.stack([item.sample.x for item in live]), score=ctx.score)
-    for item, row in zip(live, values):
-        item.target_score = float(row[item.target])
+    xs = np.stack([item.sample.x for item in live])
+    values = ctx.model.scores(xs, score=ctx.score)
+    probabilities = values if ctx.score == "probability" else ctx.model.scores(xs, score="probability")
+    for item, row, p in zip(live, values, probabilities):
+        item.target_score, item.probabilities = float(row[item.target]), p
 
 
 def _target_scores_single(item: _Item) -> None:
     item.target_score = item.context.target_score()
+    item.probabilities = item.context.model.scores(item.context.x, score="probability")[0]
 
 
 def _run_many(spec: MethodSpec, live: list[_Item], params: dict[str, Any]) -> None:
@@ -318,7 +324,7 @@ def _outcome(spec: MethodSpec, item: _Item, params: dict[str, Any]) -> Explanati
         return item.error
     try:
         return build_explanation(spec, item.context, item.result, params, item.seconds,
-                                 target_score=item.target_score)
+                                 target_score=item.target_score, probabilities=item.probabilities)
     except Exception as error:  # noqa: BLE001
         return error
     finally:
