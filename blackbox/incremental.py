@@ -1,0 +1,129 @@
+"""Run :mod:`blackbox.graph.incremental` for a model: the clean pass, the patched graph, the batches.
+
+:func:`local_scores` scores samples that differ from one image only inside a box per sample (occlusion
+windows): one clean forward pass keeps every activation, then each batch runs the rewritten graph on the
+samples' input rectangles. Sessions and plans are cached per model and per box layout, so a second
+image with the same windows costs only its clean pass.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from . import runtime
+from .graph.compose import SCORES, TARGETS, X, _Builder, _score_head, forward_graph
+from .graph.incremental import PATCH, IncrementalPlan, clean_feeds, incremental_graph
+from .graph.onnx_utils import finish_model
+
+MODES = ("auto", True, False)
+# "auto" uses the patched graph when it is estimated to cost at most this fraction of full evaluation
+AUTO_RATIO = 0.75
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+@dataclass
+class _Patched:
+    plan: IncrementalPlan | None
+    session: object | None
+
+
+class _ModelCache:
+    """Per model: the tapped clean session (every tensor out) and the patched sessions per box layout."""
+
+    def __init__(self):
+        self.clean: dict[str, tuple[object, list[str]]] = {}
+        self.patched: dict[tuple, _Patched] = {}
+
+
+def applicable(model) -> bool:
+    """The rewrite works on NCHW float/float16 image inputs of batchable models."""
+    return (model.layout == "NCHW" and model.batchable
+            and model.image.elem_type in (TensorProto.FLOAT, TensorProto.FLOAT16))
+
+
+def _cache(model) -> _ModelCache:
+    if model not in _CACHE:
+        _CACHE[model] = _ModelCache()
+    return _CACHE[model]
+
+
+def _clean_session(model, score: str):
+    cache = _cache(model)
+    if score not in cache.clean:
+        forward = forward_graph(model.graph, model.image, model.output, dict(model.constants), score=score)
+        names = [o for node in forward.graph.node for o in node.output if o and o != SCORES]
+        present = {o.name for o in forward.graph.output}
+        for name in names:
+            if name not in present:
+                forward.graph.output.append(helper.make_value_info(name, onnx.TypeProto()))
+        cache.clean[score] = (runtime.make_session(forward, model.device), [SCORES] + names)
+    return cache.clean[score]
+
+
+def clean_pass(model, x: np.ndarray, score: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Scores [1, K] of ``x`` [C, H, W] and every activation of the model (batch 1)."""
+    session, names = _clean_session(model, score)
+    outputs = session.run(names, {X: np.asarray(x, np.float32)[None]})
+    return outputs[0], dict(zip(names[1:], outputs[1:]))
+
+
+def _with_head(plan: IncrementalPlan, model, score: str) -> onnx.ModelProto:
+    """The patched graph with the score head and the target Gather of the ordinary scoring graph."""
+    b = _Builder()
+    scores = _score_head(b, model.output, score)
+    b.op("Gather", [scores, TARGETS], "target_scores", output=SCORES, axis=1)
+    g = plan.model.graph
+    graph = helper.make_graph(list(g.node) + b.nodes, "blackbox_incremental_scores",
+                              list(g.input) + [helper.make_tensor_value_info(TARGETS, TensorProto.INT64, ["T"])],
+                              [helper.make_tensor_value_info(SCORES, TensorProto.FLOAT, ["N", "T"])],
+                              list(g.initializer) + b.inits)
+    graph.value_info.extend(g.value_info)
+    return finish_model(plan.model, graph)
+
+
+def patched(model, activations: dict[str, np.ndarray], boxes: np.ndarray, score: str, key) -> _Patched:
+    """The plan and session for one box layout (``key`` names it), built once per model."""
+    cache = _cache(model)
+    if (key, score) not in cache.patched:
+        shapes = {name: (tuple(value.shape), value.dtype) for name, value in activations.items()}
+        plan = incremental_graph(model.graph, model.image.name, shapes, boxes)
+        session = None if plan is None else runtime.make_session(_with_head(plan, model, score), model.device)
+        cache.patched[(key, score)] = _Patched(plan, session)
+    return cache.patched[(key, score)]
+
+
+def local_scores(model, activations: dict[str, np.ndarray], entry: _Patched, patches: Callable, *,
+                 targets: Sequence[int], progress: Callable[[int], None] | None = None,
+                 batch_size: int | None = None) -> np.ndarray:
+    """Scores [K, T] of the K local perturbations; ``patches(start, stop)`` returns their input
+    rectangles float32 [n, C, P, Q] (model space, at ``entry.plan.region``)."""
+    plan, session = entry.plan, entry.session
+    fixed = clean_feeds(plan, activations)
+    fixed[TARGETS] = np.asarray(list(targets), np.int64)
+    for name, value in model.constants.items():
+        fixed[name] = np.asarray(value)
+    count = len(plan.region.starts)
+    size = max(1, int(batch_size or model.batch_size()))
+    out, start = [], 0
+    while start < count:
+        stop = min(count, start + size)
+        feeds = dict(fixed)
+        feeds[PATCH] = np.ascontiguousarray(patches(start, stop), dtype=np.float32)
+        feeds.update(plan.batch_indices(start, stop))
+        try:
+            out.append(session.run([SCORES], feeds)[0])
+        except Exception as error:
+            if runtime.is_out_of_memory(error) and size > 1:
+                size //= 2
+                continue
+            raise
+        if progress is not None:
+            progress(stop - start)
+        start = stop
+    return runtime.check_finite(np.concatenate(out), "perturbed inputs")
