@@ -2,41 +2,64 @@
 
 Layer discovery lives here once: CAMs pick their layer from it, Score-CAM and feature visualisation
 read activations through :func:`with_taps`, which only adds graph outputs — no op needs a gradient rule
-to be tapped. Shapes come from ONNX shape inference with the batch fixed to 1, so they are per sample.
+to be tapped. Shapes come from ONNX shape inference with the batch fixed to 1, so they are per sample
+(sizes it loses: from one forward run at batch 1); layouts (NCHW, NHWC, tokens) from :mod:`.layout`.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
+import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from .onnx_utils import dims, elem_type
+from .layout import (
+    LAYOUTS,
+    NCHW,
+    TOKENS,
+    Reading,
+    Tag,
+    follow_layouts,
+    image_tag,
+    public_tag,
+    readings,
+)
+from .onnx_utils import dims, elem_type, real_inputs
 from .precision import DEQUANTIZED_PREFIX, ORIGINAL_NAMES
 
 # ops after which a spatial map stops being spatial: the CAM layer is the last map that feeds one
 SPATIAL_REDUCERS = {"GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax", "Flatten", "Reshape",
                     "AveragePool", "MaxPool"}
+# a transformer's class-token read-out (x[:, 0]) or token pooling also ends the token sequence
+TOKEN_REDUCERS = SPATIAL_REDUCERS | {"Gather", "Slice"}
 
 
 @dataclass(frozen=True)
 class Layer:
-    """One tappable tensor: its name, the op that makes it, its shape per sample, where it sits.
+    """One tappable tensor: its name, the op that makes it, its shape per sample, where it sits, and
+    how its values lie over the image (``layout``).
 
     ``name`` is what a user calls it: the tensor's name in the model as given. ``tensor`` is the name
     of the float32 tensor that holds its value in the graph blackbox runs (a dequantized copy of an
     int8 model renames every activation; ``name`` then is the quantized tensor's and ``op_type`` the
-    quantized op's)."""
+    quantized op's). ``layout``: "nchw" ([C, h, w]), "nhwc" ([h, w, C], channel-last), "tokens"
+    ([extra + h*w, C]: ``extra`` class/distillation tokens, then the patches of the ``grid`` (h, w) row by
+    row), "vector" or "other" (attention weights, window batches, anything whose positions are not the
+    image's)."""
 
     name: str
     op_type: str
     shape: tuple  # per sample (no batch axis); ints, or None where shape inference could not tell
     index: int  # position of the producing node in graph order
     tensor: str = field(default="", compare=False)
+    layout: str = field(default="other", compare=False)
+    grid: tuple | None = field(default=None, compare=False)  # (h, w) of a map's or the patch tokens' positions
+    extra: int = field(default=0, compare=False)  # leading non-patch tokens
 
     def __post_init__(self) -> None:
         if not self.tensor:
@@ -44,14 +67,15 @@ class Layer:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "op_type": self.op_type, "shape": list(self.shape), "kind": self.kind,
+                "layout": self.layout, "grid": list(self.grid) if self.grid else None, "extra": self.extra,
                 "index": self.index, "tensor": self.tensor}
 
     @property
     def kind(self) -> str:
-        """"map" ([C, H, W] with H x W > 1), "tokens" ([T, C]), "vector" ([K]) or "other"."""
+        """"map" (an NCHW or NHWC map with h x w > 1), "tokens" ([T, C]), "vector" ([K]) or "other"."""
+        if self.spatial:
+            return "tokens" if self.layout == TOKENS else "map"
         known = all(isinstance(d, int) for d in self.shape)
-        if len(self.shape) == 3 and known and self.shape[1] * self.shape[2] > 1:
-            return "map"
         if len(self.shape) == 2 and known:
             return "tokens"
         if len(self.shape) == 1:
@@ -60,7 +84,28 @@ class Layer:
 
     @property
     def spatial(self) -> bool:
-        return self.kind == "map"
+        """Whether the values read as maps over the image (see :meth:`reading`)."""
+        return self.layout in LAYOUTS and self.grid is not None and self.grid[0] * self.grid[1] > 1
+
+    @property
+    def channels(self) -> int | None:
+        """The size of the channel axis (C) of a spatial layer."""
+        return self.reading().channels(self.shape) if self.spatial else None
+
+    def reading(self, layout: str = "auto", *, image: tuple[int, int] | None = None,
+                grid: tuple[int, int] | None = None) -> Reading | None:
+        """How the values read as maps [C, h, w]: ``layout`` "auto" (the layer's own), "nchw", "nhwc" or
+        "tokens" (``grid``: the model's patch grid, ``image``: the input's (H, W), for a tensor whose
+        layout the data flow did not give). None when the shape cannot be read that way."""
+        options = self.readings(image=image, grid=grid)
+        if layout == "auto":
+            return options.get(self.layout) if self.spatial else None
+        return options.get(layout)
+
+    def readings(self, *, image: tuple[int, int] | None = None,
+                 grid: tuple[int, int] | None = None) -> dict[str, Reading]:
+        own = Tag(self.layout, tuple(self.grid), self.extra) if self.spatial else None
+        return readings(self.shape, own, image=image, grid=grid)
 
 
 def _with_unit_batch(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -73,15 +118,60 @@ def _with_unit_batch(model: onnx.ModelProto) -> onnx.ModelProto:
     return graph
 
 
-def tensor_shapes(model: onnx.ModelProto) -> dict[str, list]:
-    """Inferred shapes (batch 1, batch axis included) of the graph's float32 tensors."""
+def _known(shape: Sequence) -> bool:
+    return bool(shape) and all(isinstance(d, int) for d in shape)
+
+
+def tensor_shapes(model: onnx.ModelProto, *, probe: bool = True) -> dict[str, list]:
+    """Shapes (batch 1, batch axis included) of the graph's float32 tensors and real inputs.
+
+    Sizes that shape inference loses (computed at run time through Shape/Gather/Concat, as exporters
+    write reshapes under a dynamic batch: Swin's windows, ViT's heads) come from one forward run at
+    batch 1 that returns just those tensors (``probe``); they are left unknown when that run fails."""
     graph = _with_unit_batch(model)
     try:
         inferred = onnx.shape_inference.infer_shapes(graph)
     except Exception:  # noqa: BLE001 - shape inference gives up on some exports; fewer layers then
         inferred = graph
-    return {value.name: dims(value) for value in list(inferred.graph.value_info) + list(inferred.graph.output)
-            if elem_type(value) == TensorProto.FLOAT}
+    values = list(inferred.graph.value_info) + list(inferred.graph.output)
+    shapes = {value.name: dims(value) for value in values if elem_type(value) == TensorProto.FLOAT}
+    shapes.update({value.name: dims(value) for value in real_inputs(graph.graph)})
+    produced = {out for node in graph.graph.node for out in node.output}
+    floats = {v.name for v in values if elem_type(v) == TensorProto.FLOAT}
+    lost = [name for name in produced if name in floats and not _known(shapes.get(name, []))]
+    if probe and lost:
+        shapes.update(probe_shapes(graph, lost))
+    return shapes
+
+
+def probe_shapes(graph: onnx.ModelProto, names: Sequence[str]) -> dict[str, list]:
+    """The real shapes of ``names`` in one ONNX Runtime run of ``graph`` (inputs of fixed size: zeros);
+    {} when an input has no fixed size or the run fails. Forward only: no op needs a gradient rule."""
+    import onnxruntime as ort
+
+    feeds = {}
+    for value in real_inputs(graph.graph):
+        shape = dims(value)
+        kind = value.type.tensor_type.elem_type
+        if not _known(shape) or kind not in _NUMPY:
+            return {}
+        feeds[value.name] = np.zeros(shape, _NUMPY[kind])
+    tapped = with_taps(graph, names)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(tapped.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        outputs = session.run(list(names), feeds)
+    except Exception:  # noqa: BLE001 - a model that will not run on zeros keeps its unknown sizes
+        return {}
+    return {name: [int(d) for d in value.shape] for name, value in zip(names, outputs)
+            if isinstance(value, np.ndarray)}
+
+
+_NUMPY = {TensorProto.FLOAT: np.float32, TensorProto.UINT8: np.uint8, TensorProto.INT8: np.int8,
+          TensorProto.FLOAT16: np.float16, TensorProto.DOUBLE: np.float64, TensorProto.INT64: np.int64,
+          TensorProto.INT32: np.int32, TensorProto.BOOL: np.bool_}
 
 
 def original_names(model: onnx.ModelProto) -> dict[str, tuple[str, str]] | None:
@@ -92,17 +182,27 @@ def original_names(model: onnx.ModelProto) -> dict[str, tuple[str, str]] | None:
     return None
 
 
+def _shape_only_tags(shapes: dict[str, list]) -> dict[str, Tag]:
+    """Every [N, C, h, w] tensor read as NCHW: for graphs whose image input the data flow cannot place."""
+    return {name: Tag(NCHW, (shape[2], shape[3])) for name, shape in shapes.items()
+            if len(shape) == 4 and _known(shape)}
+
+
 def discover_layers(model: onnx.ModelProto) -> list[Layer]:
-    """Every float32 tensor a node produces, in graph order, with its per-sample shape. In a
+    """Every float32 tensor a node produces, in graph order, with its per-sample shape and layout. In a
     dequantized copy, the tensors that stand for a quantized activation carry its name and op, and the
     copy's own helpers (``dq/...``: the clip, scale and rounding steps of fake quantization) are left out."""
     shapes = tensor_shapes(model)
+    tags = follow_layouts(model, shapes)
+    if not any(public_tag(tag) for tag in tags.values()):
+        tags = _shape_only_tags(shapes)
     renamed = original_names(model)
+    inputs = {value.name for value in model.graph.input}
     layers = []
     for index, node in enumerate(model.graph.node):
         for tensor in node.output:
             shape = shapes.get(tensor)
-            if not tensor or not shape:
+            if not tensor or not shape or tensor in inputs:
                 continue
             name, op_type = tensor, node.op_type
             if renamed is not None:
@@ -110,18 +210,72 @@ def discover_layers(model: onnx.ModelProto) -> list[Layer]:
                     name, op_type = renamed[tensor]
                 elif tensor.startswith(DEQUANTIZED_PREFIX):
                     continue
-            layers.append(Layer(name, op_type, tuple(shape[1:]), index, tensor))
+            tag = public_tag(tags.get(tensor))
+            layout = tag.layout if tag else ("vector" if len(shape) == 2 else "other")
+            layers.append(Layer(name, op_type, tuple(shape[1:]), index, tensor, layout,
+                                tag.grid if tag else None, tag.extra if tag else 0))
     return layers
 
 
+def image_size(model: onnx.ModelProto) -> tuple[int, int] | None:
+    """(H, W) of the image input, from its declared shape (NCHW, NHWC or [N, H, W])."""
+    for value in real_inputs(model.graph):
+        tag = image_tag(dims(value))
+        if tag is not None:
+            return tag.grid
+    return None
+
+
+def patch_grid(layers: Sequence[Layer]) -> tuple[int, int] | None:
+    """The patch grid of the model's token layers (the first one's), None for a model without tokens."""
+    return next((layer.grid for layer in layers if layer.spatial and layer.layout == TOKENS), None)
+
+
+def _ancestors(graph: onnx.GraphProto, start: str) -> set[str]:
+    producers = {out: node for node in graph.node for out in node.output}
+    seen, todo = set(), [start]
+    while todo:
+        node = producers.get(todo.pop())
+        if node is None:
+            continue
+        for name in node.input:
+            if name and name not in seen:
+                seen.add(name)
+                todo.append(name)
+    return seen
+
+
+def _attention_softmax(graph: onnx.GraphProto) -> onnx.NodeProto | None:
+    """The last Softmax whose output a MatMul reads (attention weights times values), if any."""
+    readers = {name for node in graph.node if node.op_type in ("MatMul", "Einsum") for name in node.input}
+    found = [node for node in graph.node if node.op_type == "Softmax" and node.output[0] in readers]
+    return found[-1] if found else None
+
+
 def default_cam_layer(model: onnx.ModelProto, layers: Sequence[Layer]) -> str | None:
-    """The last spatial map that feeds a pooling or flattening op (Grad-CAM's usual layer), else the last
-    spatial map; None when there is none. Returns the layer's (readable) name."""
-    spatial = {layer.tensor: layer.name for layer in layers if layer.spatial}
+    """Grad-CAM's usual layer, by architecture; None when the model has no spatial layer. Returns the
+    layer's (readable) name.
+
+    Transformers (an attention softmax after a LayerNorm on tokens or a channel-last map): the output of
+    the last block's first LayerNorm, the one that feeds the last attention — pytorch-grad-cam's choice
+    for ViT (``blocks[-1].norm1``) and Swin (``layers[-1].blocks[-1].norm1``): later tensors mix the class
+    token with the patches in one step and carry little gradient at the patch positions. CNNs: the last
+    spatial map that feeds a pooling or flattening op, else the last spatial map."""
+    spatial = {layer.tensor: layer for layer in layers if layer.spatial}
+    attention = _attention_softmax(model.graph)
+    if attention is not None:
+        before = _ancestors(model.graph, attention.output[0])
+        norms = [layer for layer in spatial.values() if layer.tensor in before and layer.layout != NCHW
+                 and layer.op_type == "LayerNormalization"]
+        if norms:
+            return max(norms, key=lambda layer: layer.index).name
     chosen = None
     for node in model.graph.node:
-        if node.op_type in SPATIAL_REDUCERS and node.input and node.input[0] in spatial:
-            chosen = spatial[node.input[0]]
+        layer = spatial.get(node.input[0]) if node.input else None
+        if layer is None:
+            continue
+        if node.op_type in SPATIAL_REDUCERS or (layer.layout != NCHW and node.op_type in TOKEN_REDUCERS):
+            chosen = layer.name
     if chosen is None:
         ordered = [layer.name for layer in layers if layer.spatial]
         chosen = ordered[-1] if ordered else None
@@ -202,9 +356,9 @@ def weight_layers(proto: onnx.ModelProto) -> list[WeightLayer]:
         found = [f for f in found if f is not None and f[0] not in seen]
         if not found or (node.op_type in ("MatMul", "QLinearMatMul") and len(found) == 2):
             continue  # no parameter (or two constants: nothing learned that depends on the input)
-        if node.op_type in _WEIGHTS and node.op_type != "BatchNormalization":
-            if _weight_source(node.input[_WEIGHTS[node.op_type][0]], inits, producers) is None:
-                continue  # the weight itself is computed; a lone constant bias is not a layer
+        if node.op_type in _WEIGHTS and node.op_type != "BatchNormalization" and \
+                _weight_source(node.input[_WEIGHTS[node.op_type][0]], inits, producers) is None:
+            continue  # the weight itself is computed; a lone constant bias is not a layer
         tensors = tuple(dict.fromkeys(f[0] for f in found))
         seen.update(tensors)
         layers.append(WeightLayer(name=node.name or f"{node.op_type}_{i}", op_type=node.op_type, tensors=tensors,

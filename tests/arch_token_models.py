@@ -1,0 +1,258 @@
+"""Tiny transformer classifiers for layer-layout tests (test-only): a ViT (class token, optional
+distillation token, pre-norm blocks) and a Swin-style net (channel-last maps [N, H, W, C], shifted
+windows via ``torch.roll``, patch merging), plus a ConvNeXt-style block whose LayerNorm runs on a
+channel-last map. Random weights; each network's ``cam_module`` is the module whose output
+pytorch-grad-cam's examples hook (``blocks[-1].norm1`` for ViT, ``layers[-1].blocks[-1].norm1`` for
+Swin), so tests can compute the reference CAM with autograd there.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import onnx
+import torch
+
+nn = torch.nn
+F = torch.nn.functional
+
+K = 10
+
+
+def _jitter_norm(norm: nn.LayerNorm) -> nn.LayerNorm:
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.normal_(0, 0.1)
+    return norm
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over [B, T, C] with an optional additive bias [heads, T, T] and mask."""
+
+    def __init__(self, d: int, heads: int, tokens: int | None = None):
+        super().__init__()
+        self.h = heads
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.bias = nn.Parameter(torch.randn(heads, tokens, tokens) * 0.1) if tokens else None
+
+    def forward(self, x, mask=None):
+        b, n, d = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.h, d // self.h).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        a = (q @ k.transpose(-2, -1)) * (d // self.h) ** -0.5
+        if self.bias is not None:
+            a = a + self.bias
+        if mask is not None:  # [windows, T, T], windows of one image consecutive in the batch axis
+            w = mask.shape[0]
+            a = a.view(b // w, w, self.h, n, n) + mask[None, :, None]
+            a = a.view(b, self.h, n, n)
+        y = (a.softmax(-1) @ v).transpose(1, 2).reshape(b, n, d)
+        return self.proj(y)
+
+
+class Mlp(nn.Sequential):
+    def __init__(self, d: int):
+        super().__init__(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
+
+
+# ------------------------------------------------------------------------------------------ ViT
+class ViTBlock(nn.Module):
+    def __init__(self, d: int, heads: int):
+        super().__init__()
+        self.norm1, self.attn = _jitter_norm(nn.LayerNorm(d)), Attention(d, heads)
+        self.norm2, self.mlp = _jitter_norm(nn.LayerNorm(d)), Mlp(d)
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class TinyViT(nn.Module):
+    """ViT/DeiT: patch conv (stride = patch), class token (and a distillation token), learned positions,
+    pre-norm blocks, final norm, head on the class token (DeiT: mean of the class and distillation heads)."""
+
+    def __init__(self, size=(32, 32), patch: int = 8, d: int = 16, heads: int = 2, depth: int = 2,
+                 distilled: bool = False):
+        super().__init__()
+        self.extra = 2 if distilled else 1
+        self.grid = (size[0] // patch, size[1] // patch)
+        self.patch = nn.Conv2d(3, d, patch, patch)
+        self.tokens = nn.Parameter(torch.randn(1, self.extra, d) * 0.5)
+        self.pos = nn.Parameter(torch.randn(1, self.extra + self.grid[0] * self.grid[1], d) * 0.1)
+        self.blocks = nn.Sequential(*[ViTBlock(d, heads) for _ in range(depth)])
+        self.norm, self.head = _jitter_norm(nn.LayerNorm(d)), nn.Linear(d, K)
+
+    @property
+    def cam_module(self) -> nn.Module:
+        return self.blocks[-1].norm1
+
+    def forward(self, x):
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        t = torch.cat([self.tokens.expand(t.shape[0], -1, -1), t], 1) + self.pos
+        t = self.norm(self.blocks(t))
+        return self.head(t[:, :self.extra]).mean(1)
+
+
+# ------------------------------------------------------------------------------------------ Swin
+def window_partition(x, ws: int):
+    b, h, w, c = x.shape
+    x = x.view(b, h // ws, ws, w // ws, ws, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, ws * ws, c)
+
+
+def window_reverse(windows, ws: int, h: int, w: int):
+    c = windows.shape[-1]
+    x = windows.view(-1, h // ws, w // ws, ws, ws, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, h, w, c)
+
+
+def shift_mask(h: int, w: int, ws: int, shift: int) -> torch.Tensor:
+    """Swin's attention mask for a cyclic shift: -100 between tokens from different image regions."""
+    region = torch.zeros(1, h, w, 1)
+    cuts = (slice(0, -ws), slice(-ws, -shift), slice(-shift, None))
+    count = 0
+    for ys in cuts:
+        for xs in cuts:
+            region[:, ys, xs, :] = count
+            count += 1
+    r = window_partition(region, ws)[..., 0]
+    return (r[:, :, None] - r[:, None, :] != 0).float() * -100.0
+
+
+class SwinBlock(nn.Module):
+    """torchvision's SwinTransformerBlock layout: x is a channel-last map [B, H, W, C] throughout."""
+
+    def __init__(self, d: int, heads: int, size: int, ws: int, shift: int):
+        super().__init__()
+        self.ws, self.shift, self.size = ws, shift, size
+        self.norm1, self.attn = _jitter_norm(nn.LayerNorm(d)), Attention(d, heads, ws * ws)
+        self.norm2, self.mlp = _jitter_norm(nn.LayerNorm(d)), Mlp(d)
+        self.register_buffer("mask", shift_mask(size, size, ws, shift) if shift else None)
+
+    def _attend(self, x):
+        h, w = self.size, self.size
+        if self.shift:
+            x = torch.roll(x, shifts=(-self.shift, -self.shift), dims=(1, 2))
+        y = window_reverse(self.attn(window_partition(x, self.ws), self.mask), self.ws, h, w)
+        if self.shift:
+            y = torch.roll(y, shifts=(self.shift, self.shift), dims=(1, 2))
+        return y
+
+    def forward(self, x):
+        x = x + self._attend(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class PatchMerging(nn.Module):
+    def __init__(self, d: int):
+        super().__init__()
+        self.norm, self.reduction = _jitter_norm(nn.LayerNorm(4 * d)), nn.Linear(4 * d, 2 * d, bias=False)
+
+    def forward(self, x):
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)
+        return self.reduction(self.norm(x))
+
+
+class Stage(nn.Module):
+    def __init__(self, blocks):
+        super().__init__()
+        self.blocks = nn.Sequential(*blocks)
+
+    def forward(self, x):
+        return self.blocks(x)
+
+
+class TinySwin(nn.Module):
+    """Swin-T's structure at 32 px: patch 4 (8x8 grid, C=16), stage 1 windows 4 with a shift of 2,
+    patch merging (4x4, C=32), stage 2 windows 2 with a shift of 1; final norm, permute to NCHW,
+    global average pooling, head (torchvision's swin_t)."""
+
+    def __init__(self, size: int = 32, d: int = 16):
+        super().__init__()
+        g = size // 4
+        self.patch, self.patch_norm = nn.Conv2d(3, d, 4, 4), _jitter_norm(nn.LayerNorm(d))
+        self.layers = nn.ModuleList([
+            Stage([SwinBlock(d, 2, g, 4, 0), SwinBlock(d, 2, g, 4, 2)]),
+            PatchMerging(d),
+            Stage([SwinBlock(2 * d, 2, g // 2, 2, 0), SwinBlock(2 * d, 2, g // 2, 2, 1)]),
+        ])
+        self.norm, self.head = _jitter_norm(nn.LayerNorm(2 * d)), nn.Linear(2 * d, K)
+        self.grid = (g // 2, g // 2)
+
+    @property
+    def cam_module(self) -> nn.Module:
+        return self.layers[-1].blocks[-1].norm1
+
+    def forward(self, x):
+        t = self.patch_norm(self.patch(x).permute(0, 2, 3, 1))
+        for layer in self.layers:
+            t = layer(t)
+        t = self.norm(t).permute(0, 3, 1, 2)
+        return self.head(torch.flatten(F.adaptive_avg_pool2d(t, 1), 1))
+
+
+# ------------------------------------------------------------------------------------------ ConvNeXt
+class ConvNeXtBlock(nn.Module):
+    """Depthwise 7x7, then LayerNorm and the MLP on the channel-last map, permuted back, residual."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.dw = nn.Conv2d(d, d, 7, padding=3, groups=d)
+        self.norm, self.mlp = _jitter_norm(nn.LayerNorm(d)), Mlp(d)
+
+    def forward(self, x):
+        y = self.norm(self.dw(x).permute(0, 2, 3, 1))
+        return x + self.mlp(y).permute(0, 3, 1, 2)
+
+
+class TinyConvNeXt(nn.Module):
+    def __init__(self, d: int = 16):
+        super().__init__()
+        self.stem = nn.Conv2d(3, d, 4, 4)
+        self.block = ConvNeXtBlock(d)
+        self.head = nn.Linear(d, K)
+
+    @property
+    def cam_module(self) -> nn.Module:
+        return self.block.norm  # a channel-last map [N, H, W, C]
+
+    def forward(self, x):
+        return self.head(self.block(self.stem(x)).mean((2, 3)))
+
+
+# ------------------------------------------------------------------------------------------ export
+def export(net: nn.Module, x: torch.Tensor, exporter: str, *, dynamic_batch: bool = True) -> onnx.ModelProto:
+    """ONNX of ``net`` (input "input", output "logits"): TorchScript at opset 17 or dynamo at opset 18."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        net = net.eval()
+        if exporter == "torchscript":
+            f = io.BytesIO()
+            axes = {"input": {0: "N"}, "logits": {0: "N"}} if dynamic_batch else None
+            torch.onnx.export(net, (x,), f, dynamo=False, opset_version=17, input_names=["input"],
+                              output_names=["logits"], dynamic_axes=axes)
+            return onnx.load_from_string(f.getvalue())
+        shapes = {"x": {0: torch.export.Dim("N", min=1, max=64)}} if dynamic_batch else None
+        prog = torch.onnx.export(net, (x,), dynamo=True, opset_version=18, input_names=["input"],
+                                 output_names=["logits"], verbose=False, dynamic_shapes=shapes)
+        return prog.model_proto
+
+
+def module_output_grad(net: nn.Module, module: nn.Module, x: torch.Tensor, target: int):
+    """(value, gradient) of ``module``'s output for the target logit of ``x`` [1, 3, H, W], float64."""
+    seen = {}
+    handle = module.register_forward_hook(lambda mod, args, out: seen.setdefault("out", out))
+    try:
+        out = net(x)
+        value = seen["out"]
+        value.retain_grad()
+        out[0, target].backward()
+    finally:
+        handle.remove()
+    return value.detach()[0].double(), value.grad[0].double()
+
+
+def tokens_to_maps(t: torch.Tensor, extra: int, grid: tuple[int, int]) -> torch.Tensor:
+    """pytorch-grad-cam's ViT ``reshape_transform`` for one sample: [extra + h*w, C] -> [C, h, w]."""
+    return t[extra:].reshape(grid[0], grid[1], t.shape[-1]).permute(2, 0, 1)
