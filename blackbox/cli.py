@@ -64,6 +64,36 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _fraction(text: str) -> float:
+    """argparse type: a number from 0 to 1 (--alpha)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} must be a number from 0 to 1")
+    return value
+
+
+def _percentile(text: str) -> float:
+    """argparse type: an outlier percentage, >= 0 and < 100 (--clip)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or not 0 <= value < 100:
+        raise argparse.ArgumentTypeError(f"{text} must be a percentage >= 0 and < 100")
+    return value
+
+
+_quiet = False  # --quiet of the command being run: no progress bars
+
+
+def show_progress() -> bool:
+    """Progress bars go to stderr when it is a terminal and the command was not given --quiet."""
+    return not _quiet and sys.stderr.isatty()
+
+
 def _warn(text: str) -> None:
     _warnings.append(text)
 
@@ -130,18 +160,39 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("images", nargs="+", help="image files")
     predict.add_argument("--top", type=_positive_int, default=5, help="how many classes to show (default 5)")
 
-    explain = sub.add_parser("explain", help="explain the model's decision on images; writes overlay PNG and NPZ")
+    explain = sub.add_parser(
+        "explain", help="explain the model's decision on images; writes a figure PNG and an NPZ per class",
+        description="Explain each image's class with one method. Writes OUT/NAME_METHOD_CLASS.png (a figure: the "
+                    "original, the map with a colour bar in its own units, the overlay, a title), "
+                    "OUT/NAME_METHOD_CLASS.npz (attributions, maps, summary) and, with several targets, "
+                    "OUT/NAME_METHOD.png (one grid of all of them, one colour scale). --plain writes the bare "
+                    "overlay instead of the figure.")
     _model_arguments(explain)
     explain.add_argument("images", nargs="+", help="image files")
     explain.add_argument("--method", default="occlusion", help="method name (see 'blackbox methods')")
-    explain.add_argument("--target", help="class index or label to explain (default: the top-1 class)")
+    explain.add_argument("--target", help="class to explain: an index or label, several separated by commas "
+                                          "(3,281 or tabby,tiger cat), or topK for the K best classes (top3); "
+                                          "default: the top-1 class")
     explain.add_argument("--score", choices=["probability", "logit", "raw"], help="score to explain "
                                                                                  "(default: the method's own)")
     explain.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                          help="method parameter, repeatable; values are JSON (e.g. window=16, stride=[8,8])")
     explain.add_argument("--seed", type=_seed, default=0, help="seed for every random choice (default 0)")
     explain.add_argument("--out", default="blackbox-out", help="output folder (default blackbox-out)")
-    explain.add_argument("--colormap", help="colour map for the overlay (default jet; diverging for signed maps)")
+    explain.add_argument("--colormap", help="matplotlib colour map (default: RdBu_r for signed maps, inferno for "
+                                            "non-negative ones; --plain: jet, turbo, inferno, viridis, magma, hot)")
+    explain.add_argument("--sign", choices=["positive", "negative", "absolute", "all"],
+                         help="which part of the map to show (default: all for signed maps, positive for "
+                              "non-negative ones, absolute for pixel-gradient maps)")
+    explain.add_argument("--clip", type=_percentile, default=2.0,
+                         help="outlier percentage: the largest values holding this share of the map's mass "
+                              "saturate the colour scale (Captum's outlier_perc; default 2)")
+    explain.add_argument("--mode", choices=["heat", "blend", "masked", "alpha"], default="blend",
+                         help="the figure's overlay panel: heat (map only), blend (over the gray picture, default), "
+                              "masked (picture x map) or alpha (map as opacity)")
+    explain.add_argument("--alpha", type=_fraction, default=0.5, help="opacity of the map in blend mode and of the "
+                                                                     "plain overlay (0..1, default 0.5)")
+    explain.add_argument("--plain", action="store_true", help="write the bare overlay PNG instead of the figure")
 
     sub.add_parser("methods", help="list the available methods and their parameters")
     _report_arguments(sub)
@@ -168,8 +219,9 @@ def _report_arguments(sub) -> None:
     report.add_argument("--methods", default="occlusion",
                         help="comma-separated method names, or 'all' (default occlusion; see 'blackbox methods')")
     report.add_argument("--out", default="blackbox-report", help="output folder (default blackbox-report)")
-    report.add_argument("--target", help="class index or label to explain for every image (default: top-1; "
-                                         "a target column in --targets-csv wins)")
+    report.add_argument("--target", help="class to explain for every image: an index or label, several separated "
+                                         "by commas, or topK for the K best classes (top3); default: top-1; a "
+                                         "target column in --targets-csv wins")
     report.add_argument("--score", choices=["probability", "logit", "raw"],
                         help="score to explain (default: each method's own)")
     report.add_argument("--seed", type=_seed, default=0, help="seed for every random choice (default 0)")
@@ -208,13 +260,14 @@ def _report_arguments(sub) -> None:
                         help="activation maximisation steps for --visualize (default 128)")
 
 
-def _load(args: argparse.Namespace):
+def _load(args: argparse.Namespace, *, warn_guess: bool = True):
+    """The model; a guessed preprocessing is warned about here unless the command's notes say it."""
     from .model import load
 
     model = load(args.model, preprocess=args.preset, labels=args.labels, device=args.device,
                  input_name=args.input_name, output_name=args.output_name, output_kind=args.output_kind,
                  layout=args.layout, batch_size=args.batch_size)
-    if model.preprocess_guessed:
+    if model.preprocess_guessed and warn_guess:
         _warn("no --preset given and the model has no preprocessing metadata; assuming pixels/255 (exact "
               "resize). Pass --preset imagenet, caffe, mnist, mnist-normalized, cifar, none or raw")
     return model
@@ -274,37 +327,120 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _target_request(text: str | None) -> int | list[str] | None:
+    """--target as asked: None (top-1), an int K for topK, or the list of classes (still names or indices)."""
+    if text is None:
+        return None
+    word = text.strip().lower()
+    if word.startswith("top") and word[3:].isdigit():
+        k = int(word[3:])
+        if k < 1:
+            raise ParameterError(f"--target {text}: topK needs K >= 1 (e.g. top3)")
+        return k
+    items = [part.strip() for part in text.split(",")]
+    if any(not part for part in items):
+        raise ParameterError(f"--target {text!r} has an empty item; separate classes with single commas")
+    return items
+
+
+def _targets_for(model, request: int | list[str] | None, text: str | None, path: str) -> list[int | None]:
+    """The classes to explain on one image: top-1 (None), its K best, or the listed ones (a label that
+    itself holds commas, as ImageNet synonyms do, is taken whole when it names a class)."""
+    if request is None:
+        return [None]
+    if isinstance(request, int):
+        if request > model.num_classes:
+            raise ParameterError(f"--target top{request}: the model has only {model.num_classes} classes")
+        raw = model.predict([path], score="raw")[0]
+        return [int(i) for i in np.argsort(-raw, kind="stable")[:request]]
+    if len(request) > 1:
+        try:
+            return [model.class_index(text)]
+        except BlackboxError:
+            pass
+    return list(dict.fromkeys(model.class_index(item) for item in request))
+
+
+def _class_part(model, targets: Sequence[int]) -> dict[int, str]:
+    """Each class's file-name part: its label made file-safe (the index without labels, or when two
+    labels would give the same part)."""
+    from .cli_visualize import _safe
+
+    parts = {t: (_safe(model.label(t)) if model.labels is not None else str(t)) for t in targets}
+    counts = {v: list(parts.values()).count(v) for v in parts.values()}
+    return {t: (v if counts[v] == 1 else f"{v}_{t}") for t, v in parts.items()}
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
-    from .api import FLAT_MAP_NOTE, explain
+    from tqdm.auto import tqdm
+
+    from .api import explain, resolve_target
+    from .inputs import prepare
     from .methods import METHODS
+    from .render import _COLORMAPS, check_options
 
     if args.method not in METHODS:
         raise ParameterError(f"unknown method {args.method!r}; available: {', '.join(sorted(METHODS))}")
     params = _parse_params(args.param)
     METHODS[args.method].check_params(params)
+    if args.plain:
+        if args.colormap is not None and args.colormap.lower() not in _COLORMAPS:
+            raise ParameterError(f"--colormap {args.colormap!r} is not one of the plain overlay's: "
+                                 f"{', '.join(sorted(_COLORMAPS))}")
+    else:
+        check_options(sign=args.sign, clip=args.clip, mode=args.mode, alpha=args.alpha, colormap=args.colormap)
+    request = _target_request(args.target)
     _check_images(args.images)  # fail on a bad image or output folder before any work or output
     _check_out(args.out)
     stems = [f"{Path(path).stem}_{args.method}" for path in args.images]
     if len(set(stems)) < len(stems):
         twice = sorted({s for s in stems if stems.count(s) > 1})[0]
-        raise ParameterError(f"two images would both be written as {twice}.png in --out; explain them in "
+        raise ParameterError(f"two images would both be written as {twice}_CLASS.png in --out; explain them in "
                              f"separate runs or rename one")
-    model = _load(args)
-    explanations = [explain(model, path, args.method, target=args.target, score=args.score, seed=args.seed,
-                            progress=sys.stderr.isatty(), **params) for path in args.images]
+    global _quiet
+    _quiet = _quiet or args.quiet
+    model = _load(args, warn_guess=False)  # each explanation's notes say so
+    jobs = []  # (path, stem, target index) in order, every target resolved before any work
+    for path, stem in zip(args.images, stems):
+        targets = [t if t is not None else resolve_target(model, None, prepare(model, path).x)
+                   for t in _targets_for(model, request, args.target, path)]
+        jobs += [(path, stem, t) for t in targets]
+    options = {"sign": args.sign, "clip": args.clip, "mode": args.mode, "alpha": args.alpha,
+               "colormap": args.colormap}
+    explanations = []
+    with tqdm(total=len(jobs), desc=f"{args.method}", unit="map", disable=not show_progress(), delay=1.0,
+              leave=False, dynamic_ncols=True) as bar:
+        for path, _, target in jobs:
+            explanations.append(explain(model, path, args.method, target=target, score=args.score, seed=args.seed,
+                                        progress=show_progress(), **params))
+            bar.update(1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     summaries, text = [], []
-    for path, stem, exp in zip(args.images, stems, explanations):
-        for note in exp.notes:
-            if note.startswith(FLAT_MAP_NOTE):
-                _warn(f"{path}: {note}")
-        png = exp.save_overlay(out / f"{stem}.png", colormap=args.colormap)
-        npz = exp.save_npz(out / f"{stem}.npz")
-        summary = {**exp.summary(), "overlay": str(png), "npz": str(npz)}
-        summaries.append(summary)
-        text.append(f"{path}: {exp.method} for class {exp.target} ({exp.label}), {exp.score} {exp.target_score:.4g}; "
-                    f"{exp.n_evals} evaluations in {exp.seconds:.2f}s -> {png}")
+    for path, stem in zip(args.images, stems):
+        mine = [exp for (p, _, _), exp in zip(jobs, explanations) if p == path]
+        parts = _class_part(model, [exp.target for exp in mine])
+        for exp in mine:
+            name = f"{stem}_{parts[exp.target]}"
+            for note in exp.notes:
+                _warn(f"{path} [{exp.method}, {exp.label}]: {note}")
+            if args.plain:
+                png = exp.save_overlay(out / f"{name}.png", alpha=args.alpha, colormap=args.colormap)
+            else:
+                png = exp.save_figure(out / f"{name}.png", **options)
+            npz = exp.save_npz(out / f"{name}.npz")
+            summary = {**exp.summary(), "png": str(png), ("overlay" if args.plain else "figure"): str(png),
+                       "npz": str(npz)}
+            summaries.append(summary)
+            text.append(f"{path}: {exp.method} for class {exp.target} ({exp.label}), {exp.score} "
+                        f"{exp.target_score:.4g}; {exp.n_evals} evaluations in {exp.seconds:.2f}s -> {png}")
+        if len(mine) > 1 and not args.plain:
+            from .render import figure, save_figure
+
+            grid = save_figure(figure(mine, **options), out / f"{stem}.png")
+            for summary in summaries[-len(mine):]:
+                summary["grid"] = str(grid)
+            text.append(f"{path}: {len(mine)} classes side by side -> {grid}")
     _print(args, summaries, "\n".join(text))
     return 0
 
@@ -413,6 +549,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {"info": cmd_info, "predict": cmd_predict, "explain": cmd_explain, "methods": cmd_methods,
                 "report": cmd_report, **HANDLERS, **SERVE_HANDLERS}
     _warnings.clear()
+    global _quiet
+    _quiet = bool(getattr(args, "quiet", False))
     try:
         code = handlers[args.command](args)
     except BlackboxError as error:

@@ -13,7 +13,6 @@ import argparse
 import json
 import math
 import re
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -218,7 +217,10 @@ def _safe(name: str) -> str:
 
 
 def _progress() -> bool:
-    return sys.stderr.isatty()
+    """Bars on stderr when it is a terminal and --quiet was not given (``blackbox.cli.show_progress``)."""
+    from .cli import show_progress
+
+    return show_progress()
 
 
 def _check_image(path: str | None) -> None:
