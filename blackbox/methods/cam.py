@@ -23,41 +23,72 @@ Defaults and conventions:
   exactly (the upsampled map's own extremes differ: half-pixel centres miss the low-res centres).
   ``heatmap`` is the raw CAM upsampled bilinearly (half-pixel centres, as ``cv2.resize`` and
   ``F.interpolate(align_corners=False)``) to the model input.
-* ``layer`` names a tensor of the (float) graph; ``[l.name for l in model.layers() if l.spatial]`` lists them.
+* ``layer`` and ``layout`` (:data:`LAYER_DOC`): ``layer`` names a tensor of the (float) graph;
+  ``[l.name for l in model.layers() if l.spatial]`` lists them.
+  ``layout`` says how its values read as maps [K, h, w] (``graph.layout``): NCHW maps as they are,
+  channel-last maps [h, w, K] transposed, tokens [extra + h*w, K] with the class/distillation tokens
+  dropped and the patches reshaped to the grid — pytorch-grad-cam's ``reshape_transform`` for ViT and
+  Swin, applied to activations and gradients alike. "auto" takes the layout the data flow gives.
 """
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import ParameterError
 from ..graph.autodiff import GUIDED
+from ..graph.layers import image_size, patch_grid
+from ..graph.layout import LAYOUTS, Reading
 from ..masks import linear_matrix
-from .base import Context, Result, batched, register
+from .base import Context, Param, Result, batched, register
 
 _XGRAD_EPS = 1e-7  # pytorch-grad-cam's XGradCAM stabiliser on sum(A)
 
 
 # ------------------------------------------------------------------------------------- shared steps
-def resolve_layer(model, layer: str | None) -> str:
-    """The CAM layer: ``layer`` checked against the spatial activations, or the default one."""
-    if layer is None:
-        return model.default_cam_layer()
-    spatial = [entry.name for entry in model.layers() if entry.spatial]
-    if layer not in spatial and any(layer == entry.tensor for entry in model.layers()):
-        layer = model.layer(layer).name  # the float copy's tensor name: the layer it stands for
-    if layer not in spatial:
+LAYER_LAYOUTS = ("auto", *LAYOUTS)
+_LAYOUT_PARAM = {"layout": Param(choices=LAYER_LAYOUTS)}
+
+
+@dataclass(frozen=True)
+class CamLayer:
+    """The layer a CAM reads and how its values read as maps [K, h, w]."""
+
+    name: str
+    reading: Reading
+
+
+def resolve_layer(model, layer: str | None, layout: str = "auto") -> CamLayer:
+    """The CAM layer: ``layer`` (default: the model's default CAM layer) read in ``layout`` ("auto": the
+    layout the data flow gave it; "nchw", "nhwc", "tokens": as the user says, where the shape allows)."""
+    if layout not in LAYER_LAYOUTS:
+        raise ParameterError(f"layout must be one of {', '.join(LAYER_LAYOUTS)}, got {layout!r}")
+    name = model.default_cam_layer() if layer is None else layer
+    names = {entry.name for entry in model.layers()} | {entry.tensor for entry in model.layers()}
+    if name not in names:
+        spatial = [entry.name for entry in model.layers() if entry.spatial]
         last = ", ".join(repr(n) for n in spatial[-5:])
-        raise ParameterError(f"layer {layer!r} is not a spatial activation of the model (a 4-D tensor with height x "
-                             f"width > 1); {len(spatial)} candidates, the last ones: {last} (default: "
+        raise ParameterError(f"layer {name!r} is not a layer of the model; {len(spatial)} spatial candidates (maps "
+                             f"[C, H, W] or [H, W, C], tokens [extra + H*W, C]), the last ones: {last} (default: "
                              f"{model.default_cam_layer()!r})")
-    return layer
+    entry = model.layer(name)
+    hints = {"image": image_size(model.float_graph()), "grid": patch_grid(model.layers())}
+    reading = entry.reading(layout, **hints)
+    if reading is None:
+        possible = list(entry.readings(**hints))
+        found = f"layout {layout!r} does not fit it" if layout != "auto" else "its layout is not spatial"
+        advice = f"possible layouts: {', '.join(possible)}" if possible else \
+            "no spatial reading fits (nchw [C, H, W], nhwc [H, W, C] or tokens [extra + H*W, C], H x W > 1)"
+        raise ParameterError(f"layer {entry.name!r} of shape {list(entry.shape)} ({entry.layout}): {found}; {advice} "
+                             f"(default layer: {model.default_cam_layer()!r})")
+    return CamLayer(entry.name, reading)
 
 
-def layer_gradients(ctx: Context, layer: str) -> tuple[np.ndarray, np.ndarray]:
+def layer_gradients(ctx: Context, layer: CamLayer) -> tuple[np.ndarray, np.ndarray]:
     """One backward pass: (activations [K, h, w], gradients [K, h, w]) in float64 for the target's score."""
     return layer_gradients_many([ctx], layer)[0]
 
@@ -73,12 +104,17 @@ def _inputs(contexts: Sequence[Context]) -> np.ndarray:
     return np.stack([ctx.x for ctx in contexts])
 
 
-def layer_gradients_many(contexts: Sequence[Context], layer: str) -> list[tuple[np.ndarray, np.ndarray]]:
-    """:func:`layer_gradients` of several images in one gradient-graph call (each row its own target)."""
+def layer_gradients_many(contexts: Sequence[Context], layer: CamLayer) -> list[tuple[np.ndarray, np.ndarray]]:
+    """:func:`layer_gradients` of several images in one gradient-graph call (each row its own target).
+    Values and gradients are read as maps the same way (pytorch-grad-cam's ``reshape_transform``)."""
     out = contexts[0].model.gradients.run(_inputs(contexts), _seeds(contexts), score=contexts[0].score,
-                                          taps=(layer,))
-    value, grad = out.taps[layer]
-    return [(value[i].astype(np.float64), grad[i].astype(np.float64)) for i in range(len(contexts))]
+                                          taps=(layer.name,))
+    value, grad = (layer.reading.maps(a).astype(np.float64) for a in out.taps[layer.name])
+    return [(value[i], grad[i]) for i in range(len(contexts))]
+
+
+def _layer_extras(layer: CamLayer, maps: np.ndarray) -> dict:
+    return {"layer": layer.name, "layer_shape": list(maps.shape), "layout": layer.reading.layout}
 
 
 def upsample_map(cam: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -141,108 +177,115 @@ class HiResCAM(BaseCAM):
         return grads
 
 
-def _cam_results(contexts: Sequence[Context], variant: BaseCAM, layer: str | None) -> list[Result]:
+def _cam_results(contexts: Sequence[Context], variant: BaseCAM, layer: str | None, layout: str) -> list[Result]:
     """A CAM variant for several images: one tapped gradient call, then per-image arithmetic."""
-    name = resolve_layer(contexts[0].model, layer)
+    chosen = resolve_layer(contexts[0].model, layer, layout)
     results = []
-    for ctx, (activations, grads) in zip(contexts, layer_gradients_many(contexts, name)):
+    for ctx, (activations, grads) in zip(contexts, layer_gradients_many(contexts, chosen)):
         cam = variant.cam(activations, grads)
         _, height, width = ctx.shape
         results.append(Result(attributions=cam.astype(np.float32),
                               heatmap=upsample_map(cam, height, width).astype(np.float32), n_evals=1,
                               pixel_attributions=False, notes=list(ctx.model.gradients.notes),
-                              extras={"layer": name, "layer_shape": list(activations.shape)}))
+                              extras=_layer_extras(chosen, activations)))
     return results
 
 
-def _cam_result(ctx: Context, variant: BaseCAM, layer: str | None) -> Result:
-    return _cam_results([ctx], variant, layer)[0]
+def _cam_result(ctx: Context, variant: BaseCAM, layer: str | None, layout: str) -> Result:
+    return _cam_results([ctx], variant, layer, layout)[0]
 
 
-_SUMMARY = "{} on a spatial layer (default: the last before global pooling); raw map at layer resolution"
+_SUMMARY = ("{} on a spatial layer (default: the last map before global pooling; transformers: the last "
+            "block's first LayerNorm); raw map at layer resolution")
+LAYER_DOC = """``layer``: tensor name (default None: the last spatial map before global pooling; for ViT/Swin-style
+    models the last block's first LayerNorm). ``layout``: how the layer's values read as maps: "auto"
+    (as the data flow tells), "nchw" ([C, H, W]), "nhwc" ([H, W, C], channel-last) or "tokens"
+    ([extra + H*W, C]: leading class/distillation tokens dropped, the rest reshaped to the patch grid,
+    as pytorch-grad-cam's ``reshape_transform``)."""
 
 
-@register("grad_cam", default_score="logit", kind="gradient",
+@register("grad_cam", default_score="logit", kind="gradient", params=_LAYOUT_PARAM,
           summary=_SUMMARY.format("Grad-CAM: channels weighted by mean gradient"))
-def grad_cam(ctx: Context, *, layer: str | None = None) -> Result:
-    """``layer``: tensor name (default None: the last spatial activation before global pooling)."""
-    return _cam_result(ctx, GradCAM(), layer)
+def grad_cam(ctx: Context, *, layer: str | None = None, layout: str = "auto") -> Result:
+    """``layer`` and ``layout``: see :data:`LAYER_DOC`."""
+    return _cam_result(ctx, GradCAM(), layer, layout)
 
 
 @batched("grad_cam")
-def grad_cam_many(contexts: Sequence[Context], *, layer: str | None = None) -> list[Result]:
+def grad_cam_many(contexts: Sequence[Context], *, layer: str | None = None, layout: str = "auto") -> list[Result]:
     """grad_cam of several images in one gradient-graph call."""
-    return _cam_results(contexts, GradCAM(), layer)
+    return _cam_results(contexts, GradCAM(), layer, layout)
 
 
-@register("grad_cam_pp", default_score="logit", kind="gradient",
+@register("grad_cam_pp", default_score="logit", kind="gradient", params=_LAYOUT_PARAM,
           summary=_SUMMARY.format("Grad-CAM++: channels weighted by alpha-weighted positive gradients"))
-def grad_cam_pp(ctx: Context, *, layer: str | None = None) -> Result:
-    """``layer``: tensor name (default None: the last spatial activation before global pooling)."""
-    return _cam_result(ctx, GradCAMPlusPlus(), layer)
+def grad_cam_pp(ctx: Context, *, layer: str | None = None, layout: str = "auto") -> Result:
+    """``layer`` and ``layout``: see :data:`LAYER_DOC`."""
+    return _cam_result(ctx, GradCAMPlusPlus(), layer, layout)
 
 
 @batched("grad_cam_pp")
-def grad_cam_pp_many(contexts: Sequence[Context], *, layer: str | None = None) -> list[Result]:
+def grad_cam_pp_many(contexts: Sequence[Context], *, layer: str | None = None, layout: str = "auto") -> list[Result]:
     """grad_cam_pp of several images in one gradient-graph call."""
-    return _cam_results(contexts, GradCAMPlusPlus(), layer)
+    return _cam_results(contexts, GradCAMPlusPlus(), layer, layout)
 
 
-@register("xgrad_cam", default_score="logit", kind="gradient",
+@register("xgrad_cam", default_score="logit", kind="gradient", params=_LAYOUT_PARAM,
           summary=_SUMMARY.format("XGrad-CAM: channels weighted by activation-normalised gradients"))
-def xgrad_cam(ctx: Context, *, layer: str | None = None) -> Result:
-    """``layer``: tensor name (default None: the last spatial activation before global pooling)."""
-    return _cam_result(ctx, XGradCAM(), layer)
+def xgrad_cam(ctx: Context, *, layer: str | None = None, layout: str = "auto") -> Result:
+    """``layer`` and ``layout``: see :data:`LAYER_DOC`."""
+    return _cam_result(ctx, XGradCAM(), layer, layout)
 
 
 @batched("xgrad_cam")
-def xgrad_cam_many(contexts: Sequence[Context], *, layer: str | None = None) -> list[Result]:
+def xgrad_cam_many(contexts: Sequence[Context], *, layer: str | None = None, layout: str = "auto") -> list[Result]:
     """xgrad_cam of several images in one gradient-graph call."""
-    return _cam_results(contexts, XGradCAM(), layer)
+    return _cam_results(contexts, XGradCAM(), layer, layout)
 
 
-@register("layer_cam", default_score="logit", kind="gradient",
+@register("layer_cam", default_score="logit", kind="gradient", params=_LAYOUT_PARAM,
           summary=_SUMMARY.format("LayerCAM: activations weighted element-wise by positive gradients"))
-def layer_cam(ctx: Context, *, layer: str | None = None) -> Result:
-    """``layer``: tensor name (default None: the last spatial activation before global pooling)."""
-    return _cam_result(ctx, LayerCAM(), layer)
+def layer_cam(ctx: Context, *, layer: str | None = None, layout: str = "auto") -> Result:
+    """``layer`` and ``layout``: see :data:`LAYER_DOC`."""
+    return _cam_result(ctx, LayerCAM(), layer, layout)
 
 
 @batched("layer_cam")
-def layer_cam_many(contexts: Sequence[Context], *, layer: str | None = None) -> list[Result]:
+def layer_cam_many(contexts: Sequence[Context], *, layer: str | None = None, layout: str = "auto") -> list[Result]:
     """layer_cam of several images in one gradient-graph call."""
-    return _cam_results(contexts, LayerCAM(), layer)
+    return _cam_results(contexts, LayerCAM(), layer, layout)
 
 
-@register("hires_cam", default_score="logit", kind="gradient",
+@register("hires_cam", default_score="logit", kind="gradient", params=_LAYOUT_PARAM,
           summary=_SUMMARY.format("HiResCAM: activations weighted element-wise by gradients"))
-def hires_cam(ctx: Context, *, layer: str | None = None) -> Result:
-    """``layer``: tensor name (default None: the last spatial activation before global pooling)."""
-    return _cam_result(ctx, HiResCAM(), layer)
+def hires_cam(ctx: Context, *, layer: str | None = None, layout: str = "auto") -> Result:
+    """``layer`` and ``layout``: see :data:`LAYER_DOC`."""
+    return _cam_result(ctx, HiResCAM(), layer, layout)
 
 
 @batched("hires_cam")
-def hires_cam_many(contexts: Sequence[Context], *, layer: str | None = None) -> list[Result]:
+def hires_cam_many(contexts: Sequence[Context], *, layer: str | None = None, layout: str = "auto") -> list[Result]:
     """hires_cam of several images in one gradient-graph call."""
-    return _cam_results(contexts, HiResCAM(), layer)
+    return _cam_results(contexts, HiResCAM(), layer, layout)
 
 
-@register("guided_grad_cam", default_score="logit", kind="gradient",
+@register("guided_grad_cam", default_score="logit", kind="gradient", params=_LAYOUT_PARAM,
           summary="guided backprop times the upsampled Grad-CAM map (pixel attributions)")
-def guided_grad_cam(ctx: Context, *, layer: str | None = None) -> Result:
+def guided_grad_cam(ctx: Context, *, layer: str | None = None, layout: str = "auto") -> Result:
     """Selvaraju et al.: the guided-backprop input gradient times the raw Grad-CAM map upsampled to
     the input (pytorch-grad-cam's example multiplies by the min-max normalised map instead, which
-    differs where the CAM's minimum is not 0). ``layer`` as for ``grad_cam``. The heatmap is the sum
-    of |attribution| over channels: guided backprop's per-channel signs mostly encode colour."""
-    return guided_grad_cam_many([ctx], layer=layer)[0]
+    differs where the CAM's minimum is not 0). ``layer`` and ``layout`` as for ``grad_cam``. The heatmap
+    is the sum of |attribution| over channels: guided backprop's per-channel signs mostly encode colour."""
+    return guided_grad_cam_many([ctx], layer=layer, layout=layout)[0]
 
 
 @batched("guided_grad_cam")
-def guided_grad_cam_many(contexts: Sequence[Context], *, layer: str | None = None) -> list[Result]:
+def guided_grad_cam_many(contexts: Sequence[Context], *, layer: str | None = None,
+                         layout: str = "auto") -> list[Result]:
     """Guided Grad-CAM of several images: one tapped call for the maps, one guided call for the pixels."""
     model = contexts[0].model
-    name = resolve_layer(model, layer)
-    tapped = layer_gradients_many(contexts, name)
+    chosen = resolve_layer(model, layer, layout)
+    tapped = layer_gradients_many(contexts, chosen)
     engine = model.gradients
     guided = engine.run(_inputs(contexts), _seeds(contexts), score=contexts[0].score, rules=GUIDED).grad
     results = []
@@ -254,7 +297,8 @@ def guided_grad_cam_many(contexts: Sequence[Context], *, layer: str | None = Non
         results.append(Result(attributions=attributions.astype(np.float32),
                               heatmap=np.abs(attributions).sum(axis=0).astype(np.float32), n_evals=2,
                               pixel_attributions=True, notes=list(engine.notes),
-                              extras={"layer": name, "cam": cam.astype(np.float32)}))
+                              extras={"layer": chosen.name, "layout": chosen.reading.layout,
+                                      "cam": cam.astype(np.float32)}))
     return results
 
 
@@ -274,19 +318,20 @@ def _upsampled_range(activations: np.ndarray, ry: np.ndarray, rx: np.ndarray, ch
     return np.concatenate(lows), np.concatenate(highs)
 
 
-@register("score_cam", default_score="probability", kind="activation",
+@register("score_cam", default_score="probability", kind="activation", params=_LAYOUT_PARAM,
           summary="Score-CAM: channels weighted by the score of the input masked by each activation map")
-def score_cam(ctx: Context, *, layer: str | None = None) -> Result:
+def score_cam(ctx: Context, *, layer: str | None = None, layout: str = "auto") -> Result:
     """Wang et al. 2020, as their reference code: each activation map ``A_k`` of ``layer`` is upsampled
     to the input, min-max normalised to [0, 1] and used as a keep-mask over a zero baseline (``x * m``
     in model space); its weight is the target's score for that input (default: softmax probability),
     and the map is ``relu(sum_k w_k A_k)``. Constant maps are skipped (weight 0), as in the reference
     code. (pytorch-grad-cam instead softmaxes the raw target scores across channels.) Forward passes
     only (the activations come from one tapped pass), all batched through the perturbation engine:
-    the low-res maps are the masks and the bilinear upsampling happens in the graph. ``layer`` as for
-    ``grad_cam``."""
-    name = resolve_layer(ctx.model, layer)
-    activations = ctx.model.activations(ctx.x[None], [name])[name][0].astype(np.float64)  # forward only
+    the low-res maps are the masks and the bilinear upsampling happens in the graph. ``layer`` and
+    ``layout`` as for ``grad_cam`` (token layers: the patch tokens reshaped to maps, then upsampled)."""
+    chosen = resolve_layer(ctx.model, layer, layout)
+    tapped = ctx.model.activations(ctx.x[None], [chosen.name])[chosen.name]  # forward only
+    activations = chosen.reading.maps(tapped)[0].astype(np.float64)
     _, height, width = ctx.shape
     ry = linear_matrix(activations.shape[1], height).astype(np.float64)
     rx = linear_matrix(activations.shape[2], width).astype(np.float64)
@@ -305,6 +350,5 @@ def score_cam(ctx: Context, *, layer: str | None = None) -> Result:
     cam = np.maximum(np.einsum("k,khw->hw", weights, activations), 0.0)
     return Result(attributions=cam.astype(np.float32), heatmap=upsample_map(cam, height, width).astype(np.float32),
                   n_evals=len(live) + 1, pixel_attributions=False, notes=ctx.model.precision_notes,
-                  extras={"layer": name, "layer_shape": list(activations.shape),
-                          "channel_weights": weights.astype(np.float32),
+                  extras={**_layer_extras(chosen, activations), "channel_weights": weights.astype(np.float32),
                           "constant_maps": int(len(weights) - len(live))})
