@@ -442,7 +442,7 @@ def _curve_png(record: dict[str, Any]) -> bytes | None:
         return None
     space = next(iter(curves.values())).get("score", "probability")
     ylim = (0.0, 1.0) if space == "probability" else None
-    return _png_bytes(line_plot(series, width=224, height=120, ylim=ylim, xlim=(0.0, 1.0),
+    return _png_bytes(line_plot(series, width=224, height=150, ylim=ylim, xlim=(0.0, 1.0),
                                 xlabel="fraction of pixels"))
 
 
@@ -453,7 +453,7 @@ def _sanity_png(record: dict[str, Any]) -> bytes | None:
     xs = list(range(len(steps) + 1))
     series = [(name, xs, [1.0] + [s.get(key) if s.get(key) is not None else float("nan") for s in steps])
               for name, key in (("rank |map|", "spearman_abs"), ("rank map", "spearman"), ("SSIM", "ssim"))]
-    return _png_bytes(line_plot(series, width=360, height=200, ylim=(-1.0, 1.0),
+    return _png_bytes(line_plot(series, width=360, height=220, ylim=(-1.0, 1.0),
                                 xticks=xs if len(xs) <= 12 else None,
                                 title=f"{record.get('method')}: randomised layers (top-down)", markers=True,
                                 xlabel="layers randomised"))
