@@ -14,8 +14,15 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ...errors import ModelError, UnsupportedOpError
-from ..onnx_utils import FLOAT_TYPES, ConstantValues, FreshNames, all_inputs, default_opset, value_types
-from .errors import unsupported
+from ..onnx_utils import (
+    FLOAT_TYPES,
+    ConstantValues,
+    FreshNames,
+    all_inputs,
+    default_opset,
+    value_types,
+)
+from .errors import cannot_differentiate, unknown_size
 from .registry import Rule, RuleSet
 
 PREFIX = "grad/"
@@ -122,7 +129,8 @@ class GradContext:
             v = self.value(name)
             if v is not None:
                 return v.ndim
-            raise self.error(f"rank of {name!r} unknown")
+            assert self.node is not None
+            raise unknown_size(self.node, name)
         return len(s)
 
     def static_shape(self, name: str) -> list[int] | None:
@@ -138,13 +146,15 @@ class GradContext:
         for a in axes:
             d = None if s is None or a >= len(s) or a < -len(s) else s[a]
             if not isinstance(d, int):
-                raise self.error(f"needs a fixed size for axis {a} of {name!r}")
+                assert self.node is not None
+                raise unknown_size(self.node, name, a)
             out.append(d)
         return out
 
     def error(self, detail: str = "") -> UnsupportedOpError:
+        """The running rule's one-line refusal: the rule exists, ``detail`` says what it cannot handle."""
         assert self.node is not None
-        return unsupported(self.node, detail)
+        return cannot_differentiate(self.node, detail or "its rule does not handle this case")
 
     # ------------------------------------------------------------------------------------- helpers
     def shape_of(self, name: str) -> str:

@@ -34,4 +34,23 @@ def unsupported(node: onnx.NodeProto, detail: str = "") -> UnsupportedOpError:
     )
 
 
-__all__ = ["AGNOSTIC_HINT", "CONTROL_FLOW", "op_label", "unsupported"]
+def cannot_differentiate(node: onnx.NodeProto, reason: str, remedy: str = "") -> UnsupportedOpError:
+    """The one-line error for a node whose rule exists but cannot handle this case: ``reason`` says what
+    is missing, ``remedy`` (optional) what would give it, before the model-agnostic methods."""
+    advice = f"{remedy} or {AGNOSTIC_HINT}" if remedy else f"gradient methods cannot run on this model, {AGNOSTIC_HINT}"
+    return UnsupportedOpError(
+        f"cannot differentiate node {node.name or '<unnamed>'!r} (op {op_label(node)}, output "
+        f"{node.output[0] if node.output else '?'!r}): {reason}; {advice}"
+    )
+
+
+def unknown_size(node: onnx.NodeProto, tensor: str, axis: int | None = None) -> UnsupportedOpError:
+    """A size (``axis``) or the rank (``axis`` None) of ``tensor`` that a rule needs and nobody knows."""
+    what = f"the size of axis {axis}" if axis is not None else "the rank"
+    return cannot_differentiate(
+        node, f"{what} of tensor {tensor!r} is unknown after shape inference and could not be recovered from "
+              "the fixed image size (it depends on the data, or a model input has an unknown size)",
+        "export the model with static sizes (e.g. torch.onnx.export(..., dynamo=True))")
+
+
+__all__ = ["AGNOSTIC_HINT", "CONTROL_FLOW", "cannot_differentiate", "op_label", "unknown_size", "unsupported"]

@@ -71,7 +71,7 @@ class RuleSet:
         out.update(self.overrides)
         return out
 
-    def with_overrides(self, name: str, overrides: Mapping[str, Rule]) -> "RuleSet":
+    def with_overrides(self, name: str, overrides: Mapping[str, Rule]) -> RuleSet:
         """This rule set with more (or replaced) op rules, under a new name."""
         merged = {**dict(self.overrides), **overrides}
         return RuleSet(name, self.rectifier, tuple(sorted(merged.items(), key=lambda kv: kv[0])))

@@ -20,6 +20,6 @@ from __future__ import annotations
 from ..registry import RULES, Rule, rule
 
 # Importing the families fills RULES.
-from . import activations, conv, elementwise, normalization, pooling, reduce, shape  # noqa: E402,F401
+from . import activations, conv, elementwise, normalization, pooling, reduce, shape  # noqa: F401
 
 __all__ = ["RULES", "Rule", "rule"]

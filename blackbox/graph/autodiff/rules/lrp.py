@@ -31,8 +31,8 @@ gradient x input hybrid there, without conservation.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
-from typing import Callable
 
 import numpy as np
 from onnx import NodeProto, helper

@@ -112,7 +112,6 @@ def slice_(ctx, node, grads):
 
 @rule("Pad")
 def pad(ctx, node, grads):
-    x = node.input[0]
     g = grads[0]
     mode = get_attr(node, "mode", "constant")
     if mode != "constant":
