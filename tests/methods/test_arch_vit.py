@@ -1,0 +1,133 @@
+"""ViT/DeiT-style token models: layer layouts, the default CAM layer, and CAMs against pytorch-grad-cam's
+formula with its ViT ``reshape_transform`` (drop the class/distillation tokens, reshape the patch tokens
+to the grid, channels first), computed in torch with autograd at the hooked module's output.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from arch_token_models import TinyViT, export, module_output_grad, tokens_to_maps
+from test_cam import close, reference_cam
+
+import blackbox
+from blackbox.errors import ParameterError
+
+F = torch.nn.functional
+_CACHE: dict = {}
+
+
+def vit(exporter: str, *, distilled: bool = False, size=(32, 32)):
+    """(net, x [1, 3, H, W], loaded model) for one tiny ViT export, cached per session."""
+    key = (exporter, distilled, size)
+    if key not in _CACHE:
+        torch.manual_seed(0)
+        net = TinyViT(size=size, distilled=distilled).eval()
+        x = torch.randn(2, 3, *size)
+        _CACHE[key] = (net, x[:1], blackbox.load(export(net, x, exporter), device="cpu"))
+    return _CACHE[key]
+
+
+def hooked(net, module, x) -> np.ndarray:
+    with torch.no_grad():
+        seen = {}
+        handle = module.register_forward_hook(lambda mod, args, out: seen.setdefault("out", out))
+        net(x)
+        handle.remove()
+    return seen["out"].numpy()
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_default_layer_is_the_last_blocks_first_layernorm(exporter):
+    net, x, model = vit(exporter)
+    layer = model.layer(model.default_cam_layer())
+    assert (layer.layout, layer.extra, layer.grid, layer.shape) == ("tokens", 1, (4, 4), (17, 16))
+    assert layer.op_type == "LayerNormalization"
+    # the very tensor pytorch-grad-cam hooks (model.blocks[-1].norm1), by value
+    np.testing.assert_allclose(model.activations(x.numpy(), [layer.name])[layer.name],
+                               hooked(net, net.cam_module, x), rtol=1e-5, atol=1e-5)
+    layers = model.layers()
+    # attention weights [heads, T, T] and the head split [T, heads, d] are not maps; the patch embedding
+    # is an NCHW map but not the default
+    assert not any(entry.spatial for entry in layers if entry.op_type == "Softmax")
+    assert {entry.layout for entry in layers if entry.spatial} == {"nchw", "tokens"}
+    patch = next(entry for entry in layers if entry.op_type == "Conv")
+    assert patch.layout == "nchw" and patch.grid == (4, 4) and patch.name != layer.name
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_cams_match_pytorch_grad_cam_with_reshape_transform(exporter):
+    net, x, model = vit(exporter)
+    worst = 0.0
+    for target in (2, 7):
+        a, g = module_output_grad(net, net.cam_module, x, target)
+        a, g = tokens_to_maps(a, 1, (4, 4)), tokens_to_maps(g, 1, (4, 4))
+        for variant in ("grad_cam", "grad_cam_pp", "layer_cam"):
+            e = blackbox.explain(model, x[0].numpy(), variant, target=target, score="raw")
+            assert e.extras["layout"] == "tokens" and e.extras["layer_shape"] == [16, 4, 4]
+            worst = max(worst, close(e.attributions, reference_cam(variant, a, g).numpy(),
+                                     what=f"{exporter}/{variant}/{target}"))
+            assert e.heatmap.shape == (32, 32)
+    print(f"vit/{exporter}: max relative difference {worst:.2e}")
+
+
+def test_score_cam_reads_the_patch_tokens_as_maps():
+    """Score-CAM on the token layer: Wang et al.'s weights from the reshaped maps, upsampled, min-max
+    normalised, as keep-masks; computed here in torch."""
+    net, x, model = vit("torchscript")
+    target = 3
+    maps = tokens_to_maps(torch.from_numpy(hooked(net, net.cam_module, x)[0]).double(), 1, (4, 4))
+    up = F.interpolate(maps[None], size=(32, 32), mode="bilinear", align_corners=False)[0]
+    weights = np.zeros(len(up))
+    with torch.no_grad():
+        for k, m in enumerate(up):
+            m = (m - m.min()) / (m.max() - m.min())
+            weights[k] = torch.softmax(net(x * m.float()).double(), 1)[0, target].item()
+    expected = np.maximum(np.einsum("k,khw->hw", weights, maps.numpy()), 0.0)
+    e = blackbox.explain(model, x[0].numpy(), "score_cam", target=target)
+    assert e.extras["layout"] == "tokens" and e.n_evals == 17
+    np.testing.assert_allclose(e.extras["channel_weights"], weights, rtol=1e-4, atol=1e-7)
+    close(e.attributions, expected)
+
+
+def test_distillation_tokens_and_a_non_square_grid():
+    """DeiT: class + distillation token (extra 2) on a 32 x 48 input: a 4 x 6 patch grid, not a square."""
+    net, x, model = vit("torchscript", distilled=True, size=(32, 48))
+    layer = model.layer(model.default_cam_layer())
+    assert (layer.layout, layer.extra, layer.grid) == ("tokens", 2, (4, 6))
+    a, g = module_output_grad(net, net.cam_module, x, 5)
+    e = blackbox.explain(model, x[0].numpy(), "grad_cam", target=5, score="raw")
+    close(e.attributions, reference_cam("grad_cam", tokens_to_maps(a, 2, (4, 6)), tokens_to_maps(g, 2, (4, 6))).numpy())
+    assert e.heatmap.shape == (32, 48)
+
+
+def test_named_layers_and_layouts():
+    _, x, model = vit("torchscript")
+    default = model.default_cam_layer()
+    auto = blackbox.explain(model, x[0].numpy(), "grad_cam", target=1, score="raw")
+    told = blackbox.explain(model, x[0].numpy(), "grad_cam", target=1, score="raw", layer=default, layout="tokens")
+    np.testing.assert_array_equal(auto.attributions, told.attributions)
+    # the block's residual output, named: another token layer of the same grid
+    residual = [entry for entry in model.layers() if entry.layout == "tokens" and entry.op_type == "Add"][-1]
+    e = blackbox.explain(model, x[0].numpy(), "xgrad_cam", target=1, score="raw", layer=residual.name)
+    assert e.attributions.shape == (4, 4) and e.extras["layer"] == residual.name
+    # refusals: one line, naming what fits
+    with pytest.raises(ParameterError) as err:
+        blackbox.explain(model, x[0].numpy(), "grad_cam", target=1, layer=default, layout="nhwc")
+    message = str(err.value)
+    assert "\n" not in message and "'nhwc' does not fit" in message and "possible layouts: tokens" in message
+    softmax = next(entry for entry in model.layers() if entry.op_type == "Softmax")
+    with pytest.raises(ParameterError, match="its layout is not spatial; possible layouts: nchw, nhwc"):
+        blackbox.explain(model, x[0].numpy(), "score_cam", target=1, layer=softmax.name)
+    with pytest.raises(ParameterError, match="layout"):
+        blackbox.explain(model, x[0].numpy(), "grad_cam", target=1, layout="hwc")
+
+
+def test_layout_reaches_the_cli_parameter_list():
+    from blackbox.methods import METHODS
+
+    for name in ("grad_cam", "grad_cam_pp", "xgrad_cam", "layer_cam", "hires_cam", "guided_grad_cam", "score_cam"):
+        spec = METHODS[name]
+        assert spec.parameters()["layout"] == "auto"
+        assert spec.params["layout"].choices == ("auto", "nchw", "nhwc", "tokens")
