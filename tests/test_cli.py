@@ -35,18 +35,29 @@ def test_predict_top_k(capsys):
     assert len(results[0]["top"]) == 2
 
 
-def test_explain_writes_overlay_and_npz(tmp_path, capsys):
+def test_explain_writes_figure_and_npz_named_by_class(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["explain", SHAPES, str(SAMPLES / "square.png"), "--out", str(out), "--param", "window=16",
                  "--param", "stride=8", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)[0]
     assert summary["label"] == "square" and summary["params"]["window"] == 16
-    png = cv2.imread(summary["overlay"])
-    assert png is not None and min(png.shape[:2]) >= 256  # small pictures are enlarged to be seen
+    png = cv2.imread(summary["figure"])
+    assert png is not None and png.shape[1] > 3 * 256  # three panels side by side
     data = np.load(summary["npz"])
     assert data["heatmap"].shape == (64, 64) and data["attributions"].shape == (3, 64, 64)
     assert json.loads(str(data["summary"]))["method"] == "occlusion"
-    assert sorted(p.name for p in out.iterdir()) == ["square_occlusion.npz", "square_occlusion.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["square_occlusion_square.npz", "square_occlusion_square.png"]
+
+
+def test_explain_plain_writes_the_bare_overlay(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["explain", SHAPES, str(SAMPLES / "square.png"), "--out", str(out), "--plain", "--alpha", "0.3",
+                 "--target", "square,star", "--json"]) == 0
+    summaries = json.loads(capsys.readouterr().out)
+    png = cv2.imread(summaries[0]["overlay"])
+    assert png is not None and png.shape[:2] == (256, 256)  # the 64 px picture enlarged 4x, nothing else
+    assert sorted(p.name for p in out.iterdir()) == ["square_occlusion_square.npz", "square_occlusion_square.png",
+                                                   "square_occlusion_star.npz", "square_occlusion_star.png"]
 
 
 def test_explain_a_named_target(tmp_path, capsys):

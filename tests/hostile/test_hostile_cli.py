@@ -123,7 +123,22 @@ IN_PROCESS = {
     "device file as image": (["explain", SHAPES, "/dev/null", "--out", "{user}/out"], ["/dev/null", "regular file"]),
     "two images, one output name": (_explain()[:3] + ["{user}/other/star.png", "--out", "{user}/out"],
                                     ["star_occlusion"]),
+    # figure options, checked before any work
+    "alpha above 1": (_explain("--alpha", "2"), ["--alpha", "0 to 1"]),
+    "word alpha": (_explain("--alpha", "abc"), ["--alpha", "number"]),
+    "NaN alpha": (_explain("--alpha", "nan"), ["--alpha"]),
+    "unknown sign": (_explain("--sign", "up"), ["--sign", "up"]),
+    "clip of 100": (_explain("--clip", "100"), ["--clip", "< 100"]),
+    "negative clip": (_explain("--clip", "-1"), ["--clip"]),
+    "unknown colormap": (_explain("--colormap", "rainbowz"), ["rainbowz", "colour map"]),
+    "unknown mode": (_explain("--mode", "sparkle"), ["--mode", "sparkle"]),
+    "masked with both signs": (_explain("--mode", "masked", "--sign", "all"), ["masked", "sign"]),
+    "plain overlay colormap": (_explain("--plain", "--colormap", "RdBu_r"), ["RdBu_r", "jet"]),
     # targets and labels
+    "top zero": (_explain("--target", "top0"), ["top0", "K >= 1"]),
+    "top more than the classes": (_explain("--target", "top9"), ["top9", "4 classes"]),
+    "empty item in a target list": (_explain("--target", "1,,2"), ["empty item"]),
+    "unknown label in a target list": (_explain("--target", "star,hexagon"), ["hexagon"]),
     "shared label": (_explain("--labels", "{user}/crane.txt", "--target", "crane"), ["crane", "0 and 2", "index"]),
     "target out of range": (_explain("--target", "99"), ["99", "0..3"]),
     "negative target": (_explain("--target", "-1"), ["-1"]),
@@ -272,7 +287,7 @@ def test_all_zero_map_gets_a_note_and_a_cli_warning(tmp_path, capsys):
                         "--out", tmp_path / "out"], capsys)
     assert outcome.returncode == 0, outcome.stderr
     assert len(outcome.lines) == 1 and outcome.lines[0].startswith("blackbox: warning: ")
-    assert "all zero" in outcome.lines[0] and (tmp_path / "out" / "gray_occlusion.png").exists()
+    assert "all zero" in outcome.lines[0] and (tmp_path / "out" / "gray_occlusion_1.png").exists()
 
 
 def test_constant_map_gets_a_note():
@@ -284,13 +299,18 @@ def test_constant_map_gets_a_note():
 
 
 def test_grad_cam_on_a_saturated_int8_model_says_its_map_is_zero(capsys, tmp_path):
-    """MobileNetV2-int8 on the elephant photo: three classes tie at 0.333 and Grad-CAM's map is all zero."""
+    """MobileNetV2-int8 on the elephant photo: three classes tie at 0.333 and Grad-CAM's map is all zero.
+    Every note is one warning line naming the image, method and class: the int8 gradients, the flat map
+    and the tie."""
     args = ["explain", real("models", "mobilenetv2-12-int8.onnx"), real("images", "elephant.jpg"),
             "--preset", "imagenet", "--labels", IMAGENET_LABELS, "--method", "grad_cam", "--out", tmp_path / "out"]
     outcome = run_main(args, capsys)
     assert outcome.returncode == 0, outcome.stderr
     warnings = [line for line in outcome.lines if line.startswith("blackbox: warning: ")]
-    assert len(warnings) == 1 and "all zero" in warnings[0], outcome.stderr
+    assert warnings == outcome.lines and len(warnings) == 3, outcome.stderr
+    assert all("elephant.jpg [grad_cam, tusker]: " in line for line in warnings), outcome.stderr
+    assert [any(word in line for line in warnings) for word in ("int8", "all zero", "ties with class 385, 386")] \
+        == [True, True, True], outcome.stderr
 
 
 # -------------------------------------------------------------------------- semantics: guessed preprocessing
