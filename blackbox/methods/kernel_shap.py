@@ -15,8 +15,9 @@ gets its value (shap's ``l1_reg=False``).
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from math import comb
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -24,6 +25,14 @@ from ..baselines import make_baseline
 from ..errors import ParameterError
 from ..segmentation import superpixels
 from .base import Context, Param, Result, register
+from .budget import (
+    BUDGETS,
+    DEFAULT_TOLERANCE,
+    Convergence,
+    StoppingRule,
+    check_budget,
+    run_rounds,
+)
 
 
 def shapley_kernel(n_features: int, size: int) -> float:
@@ -149,9 +158,11 @@ def kernel_shap_values(value_fn: Callable[[np.ndarray], np.ndarray], n_features:
 
 @register("kernel_shap", default_score="probability", kind="perturbation",
           summary="Shapley values of superpixels by kernel-weighted regression (shap.KernelExplainer semantics)",
-          params={"n_samples": Param(min=1)}, evaluations=lambda p: p["n_samples"] + 2)
+          params={"n_samples": Param(min=1), "budget": Param(choices=BUDGETS),
+                  "tolerance": Param(min=0, max=1, open_min=True, open_max=True)},
+          evaluations=lambda p: p["n_samples"] + 2)
 def kernel_shap(ctx: Context, *, n_samples: int = 1000, segmentation="slic", segmentation_params=None,
-                baseline="mean") -> Result:
+                baseline="mean", budget: str = "fixed", tolerance: float = DEFAULT_TOLERANCE) -> Result:
     """``n_samples``: coalitions to evaluate, default 1000 (two more evaluations give f(x) and
     f(baseline)); capped at 2^M - 2, where the values are exact; it must be at least the number of
     superpixels M. ``segmentation``: 'slic' (default: n_segments=50, compactness=30, sigma=3, as shap's
@@ -160,7 +171,14 @@ def kernel_shap(ctx: Context, *, n_samples: int = 1000, segmentation="slic", seg
     hidden superpixels become, default 'mean' (the image's mean colour, as shap's image notebook masks);
     any :func:`~blackbox.baselines.make_baseline` spec. Default score: probability (shap explains what the
     model function returns, softmax outputs in its image examples), so phi sums to
-    p(x) - p(baseline)."""
+    p(x) - p(baseline).
+    ``budget``: "fixed" (default) spends ``n_samples`` as above; "auto" samples in rounds and stops once
+    the split-half reliability of the map reaches ``tolerance`` (default 0.95; see
+    :mod:`blackbox.methods.budget`), ``n_samples`` being the maximum of coalitions evaluated. Auto
+    coalitions come in complement pairs (Covert & Lee 2021: paired sampling cuts KernelSHAP's variance)
+    with sizes stratified over the Shapley kernel's size distribution (systematic sampling of its CDF);
+    repeated coalitions add weight instead of an evaluation, as shap does."""
+    auto = check_budget(budget, tolerance)
     if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
         raise ParameterError(f"n_samples must be a positive integer, got {n_samples!r}")
     channels, height, width = ctx.shape
@@ -173,11 +191,106 @@ def kernel_shap(ctx: Context, *, n_samples: int = 1000, segmentation="slic", seg
             return ctx.model.score_masks(ctx.x, z, baseline=base, targets=[ctx.target], score=ctx.score,
                                          segments=segments, progress=bar.update)[:, 0]
 
-        phi, facts = kernel_shap_values(value_fn, n_features, n_samples=int(n_samples), rng=ctx.rng())
+        if auto and n_features > 1:
+            if n_samples < n_features:
+                raise ParameterError(f"n_samples={n_samples} is smaller than the number of features ({n_features}); "
+                                     "the least squares fit needs at least that many coalitions")
+            batch = ctx.model.batch_size()
+            rule = StoppingRule(tolerance=float(tolerance), first=max(128, 4 * n_features, 2 * batch),
+                                maximum=total, step=2 * batch if total > 8 * batch else 2)
+            phi, facts, report = kernel_shap_auto(value_fn, n_features, rng=ctx.rng(), rule=rule,
+                                                  painted=lambda values: values[segments])
+        else:
+            phi, facts = kernel_shap_values(value_fn, n_features, n_samples=int(n_samples), rng=ctx.rng())
+            report = None
     heatmap = phi[segments].astype(np.float32)
     attributions = np.broadcast_to(heatmap, (channels, height, width)).copy()
     extras = {"segments": segments, "n_segments": n_features, "shap_values": phi, **facts}
-    return Result(attributions=attributions, heatmap=heatmap, n_evals=int(facts["n_evals"]), extras=extras)
+    result = Result(attributions=attributions, heatmap=heatmap, n_evals=int(facts["n_evals"]), extras=extras)
+    if report is not None:
+        result.extras.update(report.extras())
+        result.notes.append(report.note("n_samples"))
+    return result
+
+
+def size_distribution(n_features: int) -> np.ndarray:
+    """[M - 1]: probability of each coalition size 1 .. M-1 under the Shapley kernel (the kernel weight
+    times the number of coalitions of that size, normalised): proportional to 1 / (s (M - s))."""
+    sizes = np.arange(1, n_features)
+    mass = 1.0 / (sizes * (n_features - sizes))
+    return mass / mass.sum()
+
+
+def stratified_pairs(rng: np.random.Generator, pairs: int, n_features: int) -> np.ndarray:
+    """float32 [2 * pairs, M]: coalitions and their complements. Sizes are a systematic sample of the
+    kernel's size distribution (one uniform offset, ``pairs`` evenly spaced points of its CDF: each size
+    gets its expected share to within one), members uniform given the size; so every row is a draw of
+    the kernel's coalition distribution, with less spread in the sizes than independent draws."""
+    cdf = np.cumsum(size_distribution(n_features))
+    points = (np.arange(pairs) + rng.random()) / max(pairs, 1)
+    sizes = np.minimum(np.searchsorted(cdf, points, side="right"), n_features - 2) + 1
+    sizes = rng.permutation(sizes)
+    ranks = np.argsort(np.argsort(rng.random((pairs, n_features)), axis=1), axis=1)
+    rows = (ranks < sizes[:, None]).astype(np.float32)
+    return np.stack([rows, 1.0 - rows], axis=1).reshape(2 * pairs, n_features)
+
+
+def kernel_shap_auto(value_fn: Callable[[np.ndarray], np.ndarray], n_features: int, *, rng: np.random.Generator,
+                     rule: StoppingRule, painted: Callable[[np.ndarray], np.ndarray] | None = None
+                     ) -> tuple[np.ndarray, dict[str, Any], Convergence]:
+    """Shapley value estimates of a coalition game by ``budget="auto"`` rounds (``rule.maximum`` counts
+    evaluations, the two ends included). Each half draws stratified complement pairs from its own stream;
+    a coalition's weight is how often its half drew it (the kernel is the sampling distribution), and
+    each distinct coalition is evaluated once. ``painted(phi)`` is the map the halves are compared on
+    (default: phi itself)."""
+    m = int(n_features)
+    painted = painted or (lambda values: values)
+    streams = rng.spawn(2)
+    ends = value_fn(np.stack([np.ones(m, np.float32), np.zeros(m, np.float32)]))
+    full, null = float(ends[0]), float(ends[1])
+    rows: dict[bytes, int] = {}  # coalition -> its index in the evaluated lists
+    coalitions: list[np.ndarray] = []
+    values: list[float] = []
+    counts: list[dict[int, int]] = [{}, {}]
+    drawn = [0, 0]
+
+    def add(k: int) -> int:
+        pairs = -(-(drawn[0] + drawn[1] + k) // 2)
+        takes = [-(-pairs // 2) - drawn[0] // 2, pairs // 2 - drawn[1] // 2]
+        fresh: list[np.ndarray] = []
+        for h in range(2):
+            for row in stratified_pairs(streams[h], takes[h], m):
+                key = np.packbits(row.astype(bool)).tobytes()
+                index = rows.get(key)
+                if index is None:
+                    index = rows[key] = len(coalitions) + len(fresh)
+                    fresh.append(row)
+                counts[h][index] = counts[h].get(index, 0) + 1
+            drawn[h] += 2 * takes[h]
+        if fresh:
+            coalitions.extend(fresh)
+            values.extend(np.asarray(value_fn(np.stack(fresh)), np.float64).reshape(-1).tolist())
+        return len(coalitions) + 2
+
+    def solve(tallies: dict[int, int]) -> np.ndarray:
+        index = np.fromiter(tallies.keys(), np.int64, len(tallies))
+        weights = np.fromiter(tallies.values(), np.float64, len(tallies))
+        z = np.stack([coalitions[i] for i in index])
+        return solve_shapley(z, weights, np.asarray(values)[index], full, null)
+
+    def halves() -> tuple[np.ndarray, np.ndarray]:
+        return painted(solve(counts[0])), painted(solve(counts[1]))
+
+    limit = 20 * rule.maximum  # draws: repeats of small games cost nothing, but need a bound
+    report = run_rounds(add, halves, rule, max_samples=limit, spent=2)
+    merged = dict(counts[0])
+    for index, count in counts[1].items():
+        merged[index] = merged.get(index, 0) + count
+    phi = solve(merged)
+    exact = m <= 30 and len(coalitions) == 2 ** m - 2
+    facts = {"full_value": full, "null_value": null, "n_evals": len(coalitions) + 2, "exact": False,
+             "complete": bool(exact), "n_coalitions": len(coalitions)}
+    return phi, facts, report
 
 
 def explanation_to_shap(explanation) -> Any:

@@ -14,12 +14,22 @@ Python.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from ..baselines import colour, make_baseline
 from ..errors import ParameterError
 from ..segmentation import segment_means, superpixels
 from .base import Context, Param, Result, register
+from .budget import (
+    BUDGETS,
+    DEFAULT_TOLERANCE,
+    Convergence,
+    StoppingRule,
+    check_budget,
+    run_rounds,
+)
 
 FEATURE_SELECTIONS = ("auto", "none", "forward_selection", "highest_weights", "lasso_path")
 
@@ -131,11 +141,12 @@ def hidden_picture(ctx: Context, hide_color, segments: np.ndarray) -> np.ndarray
 @register("lime", default_score="probability", kind="perturbation",
           summary="superpixels on/off at random; weighted Ridge surrogate (lime_image semantics)",
           params={"num_samples": Param(min=2), "kernel_width": Param(min=0, open_min=True),
-                  "num_features": Param(min=1), "feature_selection": Param(choices=FEATURE_SELECTIONS)},
+                  "num_features": Param(min=1), "feature_selection": Param(choices=FEATURE_SELECTIONS),
+                  "budget": Param(choices=BUDGETS), "tolerance": Param(min=0, max=1, open_min=True, open_max=True)},
           evaluations=lambda p: p["num_samples"])
 def lime(ctx: Context, *, num_samples: int = 1000, segmentation="quickshift", segmentation_params=None,
          hide_color=None, kernel_width: float = 0.25, num_features: int = 100000, feature_selection: str = "auto",
-         distance_metric: str = "cosine") -> Result:
+         distance_metric: str = "cosine", budget: str = "fixed", tolerance: float = DEFAULT_TOLERANCE) -> Result:
     """Defaults are ``lime_image.explain_instance``'s. ``num_samples``: samples including the unperturbed
     first one (= model evaluations), default 1000. ``segmentation``: 'quickshift' (default, lime's
     kernel_size=4, max_dist=200, ratio=0.2), 'slic', 'felzenszwalb', 'grid', an int label array [H, W] at
@@ -145,7 +156,14 @@ def lime(ctx: Context, *, num_samples: int = 1000, segmentation="quickshift", se
     many superpixels get a coefficient (default 100000: all). ``feature_selection``: 'auto' (default:
     forward selection when num_features <= 6, else highest weights), 'none', 'forward_selection',
     'highest_weights', 'lasso_path'. Default score: probability (lime explains classifier probabilities).
-    ``seed`` gives the samples ``LimeImageExplainer(random_state=seed)`` would draw."""
+    ``seed`` gives the samples ``LimeImageExplainer(random_state=seed)`` would draw.
+    ``budget``: "fixed" (default) draws exactly ``num_samples``; "auto" draws in rounds and stops once
+    the split-half reliability of the map reaches ``tolerance`` (default 0.95; see
+    :mod:`blackbox.methods.budget`), ``num_samples`` being the maximum. Auto samples come in antithetic
+    pairs (z, 1 - z), a fold-over design (Box & Hunter 1961) whose main-effect estimates are free of
+    two-feature interactions; each sample is still uniform, so the surrogate's limit is lime's. Its
+    samples are blackbox's own (not lime_image's stream)."""
+    auto = check_budget(budget, tolerance)
     if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 2:
         raise ParameterError(f"num_samples must be an integer of at least 2 (the original plus one perturbed "
                              f"sample), got {num_samples!r}")
@@ -164,17 +182,91 @@ def lime(ctx: Context, *, num_samples: int = 1000, segmentation="quickshift", se
     segments = superpixels(ctx, segmentation, segmentation_params)
     n_features = int(segments.max()) + 1
     hidden = hidden_picture(ctx, hide_color, segments)
-    data = lime_samples(lime_random_state(ctx.seed), int(num_samples), n_features)
-    with ctx.bar(len(data), "lime") as bar:
-        labels = ctx.model.score_masks(ctx.x, data.astype(np.float32), baseline=hidden, targets=[ctx.target],
-                                       score=ctx.score, segments=segments, progress=bar.update)[:, 0]
+    fit_options = {"num_features": int(num_features), "feature_selection": feature_selection}
+    if auto:
+        data, labels, report = _lime_auto(ctx, segments, hidden, n_features, int(num_samples), kernel_width,
+                                          distance_metric, fit_options, float(tolerance))
+    else:
+        data = lime_samples(lime_random_state(ctx.seed), int(num_samples), n_features)
+        with ctx.bar(len(data), "lime") as bar:
+            labels = ctx.model.score_masks(ctx.x, data.astype(np.float32), baseline=hidden, targets=[ctx.target],
+                                           score=ctx.score, segments=segments, progress=bar.update)[:, 0]
     labels = labels.astype(np.float64)
-    try:
-        weights = kernel_weights(data, kernel_width, distance_metric)
-    except ValueError as error:
-        raise ParameterError(f"distance_metric {distance_metric!r}: {error}") from None
-    fit = fit_lime(data, labels, weights, num_features=int(num_features), feature_selection=feature_selection)
+    weights = _weights(data, kernel_width, distance_metric)
+    fit = fit_lime(data, labels, weights, **fit_options)
     heatmap = fit["coefficients"][segments].astype(np.float32)
     attributions = np.broadcast_to(heatmap, (channels, height, width)).copy()
     extras = {"segments": segments, "n_segments": n_features, **fit}
-    return Result(attributions=attributions, heatmap=heatmap, n_evals=int(num_samples), extras=extras)
+    result = Result(attributions=attributions, heatmap=heatmap, n_evals=len(data), extras=extras)
+    if auto:
+        result.extras.update(report.extras())
+        result.notes.append(report.note("num_samples"))
+    return result
+
+
+def _weights(data: np.ndarray, kernel_width: float, distance_metric: str) -> np.ndarray:
+    try:
+        return kernel_weights(data, kernel_width, distance_metric)
+    except ValueError as error:
+        raise ParameterError(f"distance_metric {distance_metric!r}: {error}") from None
+
+
+def paired_samples(rng: np.random.Generator, pairs: int, n_features: int) -> np.ndarray:
+    """int [2 * pairs, n_features]: uniform 0/1 rows, each followed by its complement."""
+    rows = rng.integers(0, 2, size=(pairs, n_features))
+    return np.stack([rows, 1 - rows], axis=1).reshape(2 * pairs, n_features)
+
+
+def lime_auto_samples(score: Callable[[np.ndarray], np.ndarray], n_features: int, rng: np.random.Generator,
+                      fit: Callable[[np.ndarray, np.ndarray], np.ndarray], rule: StoppingRule
+                      ) -> tuple[np.ndarray, np.ndarray, Convergence]:
+    """The rounds of ``budget="auto"``: all samples (row 0 keeps every superpixel), their scores, and what
+    the rounds did. ``score(rows [n, M] 0/1) -> [n]``; ``fit(rows, scores) -> map`` is one half's map.
+    Each half draws whole antithetic pairs from its own stream and is fitted with row 0."""
+    first = np.ones((1, n_features), np.int64)
+    streams = rng.spawn(2)
+    data: list[list[np.ndarray]] = [[], []]
+    labels: list[list[np.ndarray]] = [[], []]
+    counts = [0, 0]
+    original = np.asarray(score(first), np.float64)
+
+    def add(k: int) -> int:
+        pairs = min(-(-(counts[0] + counts[1] + k) // 2), (rule.maximum - 1) // 2)  # whole pairs, within the maximum
+        takes = [2 * (-(-pairs // 2)) - counts[0], 2 * (pairs // 2) - counts[1]]
+        drawn = [paired_samples(streams[h], takes[h] // 2, n_features) for h in range(2)]
+        rows = np.concatenate(drawn)
+        values = np.asarray(score(rows), np.float64)
+        offset = 0
+        for h in range(2):
+            data[h].append(drawn[h])
+            labels[h].append(values[offset:offset + len(drawn[h])])
+            counts[h] += len(drawn[h])
+            offset += len(drawn[h])
+        return 1 + counts[0] + counts[1]
+
+    def halves() -> tuple[np.ndarray, np.ndarray]:
+        return tuple(fit(np.concatenate([first] + data[h]), np.concatenate([original] + labels[h]))
+                     for h in range(2))
+
+    report = run_rounds(add, halves, rule, spent=1)
+    rows = np.concatenate([first] + data[0] + data[1])
+    return rows, np.concatenate([original] + labels[0] + labels[1]), report
+
+
+def _lime_auto(ctx: Context, segments: np.ndarray, hidden: np.ndarray, n_features: int, num_samples: int,
+               kernel_width: float, distance_metric: str, fit_options: dict,
+               tolerance: float) -> tuple[np.ndarray, np.ndarray, Convergence]:
+    batch = ctx.model.batch_size()
+    rule = StoppingRule(tolerance=tolerance, first=min(num_samples - 1, max(128, 4 * n_features, 2 * batch)),
+                        maximum=num_samples, step=4 * -(-batch // 4) if num_samples > 8 * batch else 4)
+
+    def fit(rows: np.ndarray, values: np.ndarray) -> np.ndarray:
+        weights = _weights(rows, kernel_width, distance_metric)
+        return fit_lime(rows, values, weights, **fit_options)["coefficients"][segments]
+
+    with ctx.bar(num_samples, "lime (auto)") as bar:
+        def score(rows: np.ndarray) -> np.ndarray:
+            return ctx.model.score_masks(ctx.x, rows.astype(np.float32), baseline=hidden, targets=[ctx.target],
+                                         score=ctx.score, segments=segments, progress=bar.update)[:, 0]
+
+        return lime_auto_samples(score, n_features, ctx.rng(), fit, rule)

@@ -16,8 +16,8 @@ ever built, and beyond the N small grids (49 numbers each) memory does not grow 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -26,6 +26,14 @@ from ..errors import ParameterError
 from ..masks import reflect_linear_matrix, uniform_points
 from .base import Context, Param, Result, batched, register
 from .batching import chunk_rows, in_groups, row_chunks, score_spans, span_slices
+from .budget import (
+    BUDGETS,
+    DEFAULT_TOLERANCE,
+    Convergence,
+    StoppingRule,
+    check_budget,
+    run_rounds,
+)
 
 
 def _pair(value, name: str) -> tuple[int, int]:
@@ -59,34 +67,75 @@ def draw_masks(rng: np.random.Generator, n: int, grid: tuple[int, int], p_keep: 
     Plain draws are the paper's: ``rand(N, s, s) < p_keep``, then a uniform integer shift per axis.
     ``quasi_random`` takes both from one scrambled Sobol sequence (cells + 2 dimensions).
     """
-    cells = grid[0] * grid[1]
     if quasi_random:
-        points = uniform_points(rng, n, cells + 2, quasi_random=True)
-        grids = (points[:, :cells] < p_keep).astype(np.float32).reshape(n, *grid)
-        shifts = np.minimum(np.floor(points[:, cells:] * np.asarray(cell)), np.asarray(cell) - 1).astype(np.int64)
-        return grids, shifts
+        return masks_from_points(uniform_points(rng, n, grid[0] * grid[1] + 2, quasi_random=True), grid, p_keep, cell)
     grids = (rng.random((n, *grid)) < p_keep).astype(np.float32)
     shifts = rng.integers(0, np.asarray(cell), size=(n, 2)).astype(np.int64)
     return grids, shifts
 
 
+def masks_from_points(points: np.ndarray, grid: tuple[int, int], p_keep: float,
+                      cell: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Grids and shifts from points of the unit cube [n, cells + 2]: a cell is on where its coordinate is
+    below ``p_keep``; the last two coordinates pick the shift."""
+    n, cells = len(points), grid[0] * grid[1]
+    grids = (points[:, :cells] < p_keep).astype(np.float32).reshape(n, *grid)
+    shifts = np.minimum(np.floor(points[:, cells:] * np.asarray(cell)), np.asarray(cell) - 1).astype(np.int64)
+    return grids, shifts
+
+
+class MaskStream:
+    """An endless supply of RISE masks from one random stream: i.i.d. uniform points, or one scrambled
+    Sobol sequence continued from call to call (``quasi_random``), so the masks of all rounds together
+    are one low-discrepancy set."""
+
+    def __init__(self, plan: RisePlan, rng: np.random.Generator, quasi_random: bool):
+        self.plan, self.rng = plan, rng
+        self.dims = plan.grid[0] * plan.grid[1] + 2
+        self.sobol = None
+        if quasi_random:
+            from scipy.stats import qmc
+
+            self.sobol = qmc.Sobol(d=self.dims, scramble=True, seed=rng)
+
+    def take(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.sobol is not None:
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a round need not be a power of two
+                points = self.sobol.random(n)
+        else:
+            points = self.rng.random((n, self.dims))
+        return masks_from_points(points, self.plan.grid, self.plan.p_keep, self.plan.cell)
+
+
 @register("rise", default_score="probability", kind="perturbation",
           summary="random grid masks, saliency = probability-weighted mean mask (Petsiuk et al. 2018)",
           params={"n_masks": Param(min=1), "grid": Param(int, min=2, lengths=(2,)),
-                  "p_keep": Param(min=0, max=1, open_min=True, open_max=True)},
+                  "p_keep": Param(min=0, max=1, open_min=True, open_max=True), "budget": Param(choices=BUDGETS),
+                  "tolerance": Param(min=0, max=1, open_min=True, open_max=True)},
           evaluations=lambda p: p["n_masks"],
           memory=lambda p, shape, layout: p["n_masks"] * (math.prod(p["grid"]) if isinstance(p["grid"], (list, tuple))
                                                           else p["grid"] ** 2) * 13)
 def rise(ctx: Context, *, n_masks: int = 4000, grid=7, p_keep: float = 0.5, baseline="zeros",
-         quasi_random: bool = False) -> Result:
+         quasi_random: bool = False, budget: str = "fixed", tolerance: float = DEFAULT_TOLERANCE) -> Result:
     """``n_masks``: number of masks (= model evaluations), default 4000. ``grid``: cells per side ``s``
     (int, or (rows, cols)), default 7. ``p_keep``: probability that a cell is kept, default 0.5.
     ``baseline``: what hidden pixels become, default 'zeros' in model space: the paper multiplies the
     preprocessed input by the mask (for mean/std-normalised models that is the mean colour); any spec of
     :func:`~blackbox.baselines.make_baseline` works. ``quasi_random``: draw grids and shifts from a
     scrambled Sobol sequence (fewer masks for the same map; see ``scripts/bench_methods.py``).
+    ``budget``: "fixed" (default) evaluates exactly ``n_masks`` masks; "auto" evaluates in rounds and
+    stops once the split-half reliability of the map reaches ``tolerance`` (default 0.95), with
+    ``n_masks`` as the maximum (:mod:`blackbox.methods.budget`). Its two halves draw from two independent
+    streams (two independently scrambled Sobol sequences with ``quasi_random``: randomised QMC
+    replicates, Owen 1997), the map is their mean, and the evaluations used are ``n_evals``.
     Default score: probability, as in the paper."""
+    auto = check_budget(budget, tolerance)
     plan = plan_rise(ctx.shape, n_masks, grid, p_keep)
+    if auto:
+        return _rise_auto(ctx, plan, baseline, bool(quasi_random), float(tolerance))
     grids, shifts = plan.draw(ctx.rng(), quasi_random)
     base = make_baseline(ctx.model, ctx.sample, baseline)
     # P-weighted grids summed per shift pair: [cell_y, cell_x, sy, sx], independent of n
@@ -123,16 +172,21 @@ class RisePlan:
     def zero_sums(self) -> np.ndarray:
         return np.zeros((self.cell[0], self.cell[1], *self.grid), np.float64)
 
-    def result(self, weighted: np.ndarray, shape: tuple[int, int, int], quasi_random: bool) -> Result:
-        """The saliency map from the P-weighted grid sums: ``sum_ab Ry_a W_ab Rx_b^T``, in two small
-        contractions."""
+    def saliency(self, weighted: np.ndarray, n: int) -> np.ndarray:
+        """The saliency map [H, W] float64 of ``n`` masks from their P-weighted grid sums:
+        ``sum_ab Ry_a W_ab Rx_b^T / (n p_keep)``, in two small contractions."""
         right = np.einsum("abst,bwt->asw", weighted, self.rx_table.astype(np.float64))
-        saliency = np.einsum("ahs,asw->hw", self.ry_table.astype(np.float64), right) / (self.n * self.p_keep)
-        heatmap = saliency.astype(np.float32)
+        return np.einsum("ahs,asw->hw", self.ry_table.astype(np.float64), right) / (n * self.p_keep)
+
+    def result(self, weighted: np.ndarray, shape: tuple[int, int, int], quasi_random: bool,
+               n: int | None = None) -> Result:
+        """The Result of ``n`` masks (default: the plan's count) from their P-weighted grid sums."""
+        n = self.n if n is None else int(n)
+        heatmap = self.saliency(weighted, n).astype(np.float32)
         attributions = np.broadcast_to(heatmap, shape).copy()
-        return Result(attributions=attributions, heatmap=heatmap, n_evals=self.n,
+        return Result(attributions=attributions, heatmap=heatmap, n_evals=n,
                       extras={"grid": list(self.grid), "cell": list(self.cell), "p_keep": self.p_keep,
-                              "n_masks": self.n, "quasi_random": quasi_random})
+                              "n_masks": n, "quasi_random": quasi_random})
 
 
 def plan_rise(shape: tuple[int, int, int], n_masks, grid, p_keep) -> RisePlan:
@@ -157,13 +211,64 @@ def plan_rise(shape: tuple[int, int, int], n_masks, grid, p_keep) -> RisePlan:
                     shift_matrices(width, sx, cell[1]))
 
 
+def rise_auto_sums(plan: RisePlan, score: Callable[[np.ndarray, np.ndarray], np.ndarray], rng: np.random.Generator,
+                   quasi_random: bool, rule: StoppingRule) -> tuple[list[np.ndarray], list[int], Convergence]:
+    """The rounds of ``budget="auto"``: P-weighted grid sums and mask counts of the two halves, and what
+    the rounds did. ``score(grids [n, sy, sx], shifts [n, 2]) -> P [n]`` evaluates masks."""
+    streams = [MaskStream(plan, half_rng, quasi_random) for half_rng in rng.spawn(2)]
+    sums = [plan.zero_sums(), plan.zero_sums()]
+    counts = [0, 0]
+
+    def add(k: int) -> int:
+        total = counts[0] + counts[1] + k
+        takes = [(total + 1) // 2 - counts[0], total // 2 - counts[1]]
+        drawn = [streams[h].take(takes[h]) for h in range(2)]
+        g = np.concatenate([d[0] for d in drawn])
+        shifts = np.concatenate([d[1] for d in drawn])
+        probs = np.asarray(score(g, shifts), np.float64)
+        offset = 0
+        for h in range(2):
+            where = slice(offset, offset + takes[h])
+            np.add.at(sums[h], (shifts[where, 0], shifts[where, 1]), probs[where, None, None] * g[where])
+            counts[h] += takes[h]
+            offset += takes[h]
+        return counts[0] + counts[1]
+
+    def halves() -> tuple[np.ndarray, np.ndarray]:
+        return plan.saliency(sums[0], counts[0]), plan.saliency(sums[1], counts[1])
+
+    return sums, counts, run_rounds(add, halves, rule)
+
+
+def _rise_auto(ctx: Context, plan: RisePlan, baseline, quasi_random: bool, tolerance: float) -> Result:
+    base = make_baseline(ctx.model, ctx.sample, baseline)
+    batch = ctx.model.batch_size()
+    rule = StoppingRule(tolerance=tolerance, first=min(plan.n, max(256, 2 * batch)), maximum=plan.n,
+                        step=2 * batch if plan.n >= 4 * batch else 2)
+    with ctx.bar(plan.n, "rise (auto)") as bar:
+        def score(g: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+            return ctx.model.score_masks(ctx.x, g[:, None], baseline=base, targets=[ctx.target], score=ctx.score,
+                                         ry=plan.ry_table[shifts[:, 0]][:, None],
+                                         rx=plan.rx_table[shifts[:, 1]][:, None], progress=bar.update)[:, 0]
+
+        sums, counts, report = rise_auto_sums(plan, score, ctx.rng(), quasi_random, rule)
+    result = plan.result(sums[0] + sums[1], ctx.shape, quasi_random, n=counts[0] + counts[1])
+    result.extras.update(report.extras())
+    result.notes.append(report.note("n_masks"))
+    return result
+
+
 @batched("rise")
 def rise_many(contexts: Sequence[Context], *, n_masks: int = 4000, grid=7, p_keep: float = 0.5,
-              baseline="zeros", quasi_random: bool = False) -> list[Result]:
+              baseline="zeros", quasi_random: bool = False, budget: str = "fixed",
+              tolerance: float = DEFAULT_TOLERANCE) -> list[Result]:
     """:func:`rise` for several images: each image draws its masks from its own stream (``ctx.rng()``, as
     one call would), the rows of all images go end to end through full engine batches, and each image's
     P-weighted sums grow from its own rows only. Small masks (s x s grids) of the images are held, never
-    full-size ones."""
+    full-size ones. ``budget="auto"`` stops per image, so each image runs on its own."""
+    if check_budget(budget, tolerance):
+        return [rise(ctx, n_masks=n_masks, grid=grid, p_keep=p_keep, baseline=baseline, quasi_random=quasi_random,
+                     budget=budget, tolerance=tolerance) for ctx in contexts]
     return in_groups(contexts, lambda group: _rise_group(group, n_masks, grid, p_keep, baseline, quasi_random))
 
 
