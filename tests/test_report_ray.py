@@ -224,9 +224,10 @@ def test_worker_without_the_shared_folder_returns_files(model, images, tmp_path)
     """An actor that does not see the output folder (no token file) computes in a scratch folder and hands
     every file back to the driver (run here in-process, without Ray)."""
     from blackbox import runtime
-    from blackbox.report.engines import WorkItem
+    from blackbox.report.engines import Job, WorkItem
     from blackbox.report.inputs import expand_inputs
     from blackbox.report.run import Truth
+    from blackbox.report.targets import DEFAULT
 
     entry = expand_inputs([images[0]])[0]
     config = _config(tmp_path / "out", methods=["grad_cam"])
@@ -234,8 +235,8 @@ def test_worker_without_the_shared_folder_returns_files(model, images, tmp_path)
         worker = ray_engine.ReportWorker(ray_engine._model_recipe(model, "cpu"), config, str(tmp_path / "out"),
                                          ".blackbox-engine-missing", 1)
         assert not worker.shared
-        [(record, files)] = worker.run([WorkItem(entry=entry, truth=Truth(), methods=["grad_cam"],
-                                                 digests={"grad_cam": "x"})])
+        job = Job(method="grad_cam", slot=DEFAULT[0], stem="grad_cam", digest="x")
+        [(record, files)] = worker.run([WorkItem(entry=entry, truth=Truth(), jobs=[job])])
     finally:
         runtime.set_threads(None)
     assert record["status"] == "ok" and record["config_hash"] == "x"

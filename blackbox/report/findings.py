@@ -259,16 +259,20 @@ class _Group:
 # ------------------------------------------------------------------------------------ the analysis
 
 def compute_findings(out: str | os.PathLike, records: Sequence[dict[str, Any]], card: dict[str, Any] | None = None,
-                     *, write_maps: bool = True) -> dict[str, Any]:
+                     *, write_maps: bool = True, progress: bool | None = False) -> dict[str, Any]:
     """Findings and per-class statistics from a run's records (see the module doc). Writes the mean-map
-    PNGs under ``OUT/findings/`` when ``write_maps``. Returns ``{"rule", "findings", "classes", "empty",
+    PNGs under ``OUT/findings/`` when ``write_maps``; ``progress``: a bar over the records (None: only on a
+    terminal). Returns ``{"rule", "findings", "classes", "empty",
     "unreadable"}`` (JSON-ready)."""
     out = Path(out)
     groups: dict[tuple[str, str, int], _Group] = {}
     totals: dict[tuple[str, str], list[Any]] = {}  # (method, by) -> [sum map, images]
     shapes: dict[str, tuple[int, int]] = {}
     empty = unreadable = 0
-    for row, record in enumerate(records):
+    from tqdm.auto import tqdm
+
+    for row, record in enumerate(tqdm(records, unit="map", desc="findings", dynamic_ncols=True, leave=False,
+                                      disable=None if progress is None else not progress)):
         if record.get("status") != "ok":
             continue
         keys = _groups_of(record)

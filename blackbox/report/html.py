@@ -734,7 +734,7 @@ results.csv and results.parquet.</p></noscript>
 <table class="grid" id="grid"><thead><tr><th>image</th></tr></thead><tbody></tbody></table>
 <div id="lightbox" class="modal" hidden role="dialog" aria-label="full-size map"><div class="box">
 <button type="button" class="close" id="lightbox-close" aria-label="close">&times;</button>
-<div class="cap" id="lightbox-cap"></div><img id="lightbox-img" alt="full-size overlay"></div></div>
+<div class="cap" id="lightbox-cap"></div></div></div>
 <div id="compare" class="modal" hidden role="dialog" aria-label="compare two methods"><div class="box">
 <button type="button" class="close" id="compare-close" aria-label="close">&times;</button>
 <div class="cap" id="compare-cap"></div>

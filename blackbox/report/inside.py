@@ -320,20 +320,40 @@ def build_section(model: Any, config: Any, out: Path, records: Sequence[dict[str
     old = load_previous(out) if config.resume else None
     old = old or {}
     steps, seed = int(config.visualize_steps), int(config.seed)
+    from tqdm.auto import tqdm
+
+    # one bar over the section's parts (filters, each class's AM picture, the dissection); AM and the
+    # dissection show their own steps below it
+    parts = tqdm(total=2 + TOP_CLASSES + (1 if concepts is not None else 0), unit="part", desc="inside the network",
+                 disable=None if progress is None else not progress, dynamic_ncols=True)
+    with parts:
+        section = _build(model, config, out, records, model_sha, concepts, old, steps, seed, show, parts)
+    write_atomic(folder / RECORD, json.dumps(jsonable(section), indent=1, allow_nan=False), error=ParameterError)
+    section["file"] = f"{FOLDER}/{RECORD}"
+    return section
+
+
+def _build(model: Any, config: Any, out: Path, records: Sequence[dict[str, Any]], model_sha: str, concepts: Any,
+           old: dict[str, Any], steps: int, seed: int, show: bool, parts: Any) -> dict[str, Any]:
+    """The section's parts, one after the other (``parts``: the progress bar)."""
     section: dict[str, Any] = {"version": VERSION, "status": "ok", "model_sha256": model_sha}
     section["filters"] = _guard(_filters_part, model, out, model_sha, old.get("filters"))
+    parts.update(1)
     try:
         classes, how = top_classes(model, records)
     except KeyboardInterrupt:
         raise
     except Exception as error:  # noqa: BLE001
         classes, how = [], f"no classes: {_error_text(error)}"
+    parts.total = 1 + len(classes) + (1 if concepts is not None else 0)
+    parts.refresh()
     previous = {int(c["index"]): c for c in ((old.get("am") or {}).get("classes") or []) if "index" in c}
     am: dict[str, Any] = {"steps": steps, "seed": seed, "chosen": how, "classes": []}
     for index in classes:
         part = _guard(_am_part, model, out, model_sha, index, steps, seed, previous.get(index), show)
         part.setdefault("index", int(index))
         am["classes"].append(part)
+        parts.update(1)
     if not classes:
         am["error"] = "no class to visualise: no image of the report could be classified"
     else:
@@ -344,6 +364,7 @@ def build_section(model: Any, config: Any, out: Path, records: Sequence[dict[str
     if concepts is not None:
         section["dissection"] = _guard(_dissection_part, model, out, model_sha, concepts,
                                        old.get("dissection"), show)
+        parts.update(1)
     else:
         section["dissection"] = None
     failed = [name for name, part in (("filters", section["filters"]), ("dissection", section["dissection"]))
@@ -352,8 +373,6 @@ def build_section(model: Any, config: Any, out: Path, records: Sequence[dict[str
     if failed or "error" in am:
         section["status"] = "partial"
     section["failed"] = failed
-    write_atomic(folder / RECORD, json.dumps(jsonable(section), indent=1, allow_nan=False), error=ParameterError)
-    section["file"] = f"{FOLDER}/{RECORD}"
     return section
 
 

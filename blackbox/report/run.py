@@ -644,9 +644,9 @@ def _run_locked(model: Any, entries: list[Entry], config: ReportConfig, out: Pat
         from .inside import build_section, pending
 
         # the per-image results go to disk first: a failure or a kill in the section never loses them
-        write_outputs(out, records, methods, config, card, redone=redone, inside=pending())
+        write_outputs(out, records, methods, config, card, redone=redone, inside=pending(), progress=progress)
         inside = build_section(model, config, out, records, card["sha256"], concepts, progress=progress)
-    write_outputs(out, records, methods, config, card, redone=redone, inside=inside)
+    write_outputs(out, records, methods, config, card, redone=redone, inside=inside, progress=progress)
     return ReportSummary(out=out, records=records, methods=methods, redone=redone, inside=inside,
                          engine=engine_facts)
 
@@ -727,10 +727,12 @@ def results_csv(records: Sequence[dict[str, Any]]) -> str:
 
 def write_outputs(out: Path, records: Sequence[dict[str, Any]], methods: dict[str, dict[str, Any]],
                   config: ReportConfig, card: dict[str, Any], *, redone: Sequence[dict[str, str]] = (),
-                  inside: dict[str, Any] | None = None, sections: Sequence[str] = ()) -> None:
+                  inside: dict[str, Any] | None = None, sections: Sequence[str] = (),
+                  progress: bool | None = False) -> None:
     """results.json, results.csv and index.html from the records (each written atomically); ``inside``:
     the model-level section, recorded in results.json and shown on the page; ``sections``: more HTML
-    fragments for the page."""
+    fragments for the page; ``progress``: bars for the findings and the page's pictures (None: only on
+    a terminal)."""
     from ..methods import METHODS
     from .html import render
 
@@ -742,7 +744,7 @@ def write_outputs(out: Path, records: Sequence[dict[str, Any]], methods: dict[st
     from .findings import compute_findings, render_section as findings_section
 
     try:  # the data-set findings (blackbox.report.findings): never the reason a report is lost
-        found = compute_findings(out, records, card)
+        found = compute_findings(out, records, card, progress=progress)
         page_findings = findings_section(out, found)
     except Exception as error:  # noqa: BLE001
         found = {"findings": [], "classes": {}, "error": _error_text(error)}
@@ -757,7 +759,7 @@ def write_outputs(out: Path, records: Sequence[dict[str, Any]], methods: dict[st
     write_text_atomic(out / "index.html", render(out, run=jsonable(run), methods=jsonable(methods),
                                                  records=jsonable(list(records)),
                                                  inside=jsonable(inside) if inside is not None else None,
-                                                 sections=[*sections, page_findings]))
+                                                 sections=[*sections, page_findings], progress=progress))
 
 
 def _versions() -> dict[str, str]:
