@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import warnings
 
+import numpy as np
 import onnx
 import torch
 
@@ -237,6 +238,18 @@ def export(net: nn.Module, x: torch.Tensor, exporter: str, *, dynamic_batch: boo
         prog = torch.onnx.export(net, (x,), dynamo=True, opset_version=18, input_names=["input"],
                                  output_names=["logits"], verbose=False, dynamic_shapes=shapes)
         return prog.model_proto
+
+
+def module_output(net: nn.Module, module: nn.Module, x: torch.Tensor) -> np.ndarray:
+    """``module``'s output for ``x`` (a forward hook, as pytorch-grad-cam's ActivationsAndGradients)."""
+    seen = {}
+    handle = module.register_forward_hook(lambda mod, args, out: seen.setdefault("out", out))
+    try:
+        with torch.no_grad():
+            net(x)
+    finally:
+        handle.remove()
+    return seen["out"].numpy()
 
 
 def module_output_grad(net: nn.Module, module: nn.Module, x: torch.Tensor, target: int):

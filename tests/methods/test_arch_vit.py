@@ -8,7 +8,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from arch_token_models import TinyViT, export, module_output_grad, tokens_to_maps
+from arch_token_models import (
+    TinyViT,
+    export,
+    module_output,
+    module_output_grad,
+    tokens_to_maps,
+)
 from test_cam import close, reference_cam
 
 import blackbox
@@ -29,15 +35,6 @@ def vit(exporter: str, *, distilled: bool = False, size=(32, 32)):
     return _CACHE[key]
 
 
-def hooked(net, module, x) -> np.ndarray:
-    with torch.no_grad():
-        seen = {}
-        handle = module.register_forward_hook(lambda mod, args, out: seen.setdefault("out", out))
-        net(x)
-        handle.remove()
-    return seen["out"].numpy()
-
-
 @pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
 def test_default_layer_is_the_last_blocks_first_layernorm(exporter):
     net, x, model = vit(exporter)
@@ -46,7 +43,7 @@ def test_default_layer_is_the_last_blocks_first_layernorm(exporter):
     assert layer.op_type == "LayerNormalization"
     # the very tensor pytorch-grad-cam hooks (model.blocks[-1].norm1), by value
     np.testing.assert_allclose(model.activations(x.numpy(), [layer.name])[layer.name],
-                               hooked(net, net.cam_module, x), rtol=1e-5, atol=1e-5)
+                               module_output(net, net.cam_module, x), rtol=1e-5, atol=1e-5)
     layers = model.layers()
     # attention weights [heads, T, T] and the head split [T, heads, d] are not maps; the patch embedding
     # is an NCHW map but not the default
@@ -77,7 +74,7 @@ def test_score_cam_reads_the_patch_tokens_as_maps():
     normalised, as keep-masks; computed here in torch."""
     net, x, model = vit("torchscript")
     target = 3
-    maps = tokens_to_maps(torch.from_numpy(hooked(net, net.cam_module, x)[0]).double(), 1, (4, 4))
+    maps = tokens_to_maps(torch.from_numpy(module_output(net, net.cam_module, x)[0]).double(), 1, (4, 4))
     up = F.interpolate(maps[None], size=(32, 32), mode="bilinear", align_corners=False)[0]
     weights = np.zeros(len(up))
     with torch.no_grad():
