@@ -78,13 +78,18 @@ def check_port(host: str, port: int) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    try:
-        import multipart  # noqa: F401 - starlette needs it for uploads
-        import starlette  # noqa: F401
-        import uvicorn
-    except ImportError as error:
-        raise BlackboxError(f"blackbox serve needs {error.name}: {SERVE_EXTRA}") from None
+    import importlib.util
+
+    for module, package in (("starlette", "starlette"), ("uvicorn", "uvicorn"), ("python_multipart", "python-multipart")):
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):  # ValueError: a module set to None in sys.modules
+            found = False
+        if not found:
+            raise BlackboxError(f"blackbox serve needs {package}: {SERVE_EXTRA}")
     from pathlib import Path
+
+    import uvicorn
 
     from .cli import _load, _warnings
     from .text import printable

@@ -10,7 +10,6 @@ import time
 from collections.abc import Iterator
 
 import uvicorn
-
 from conftest import IMAGENET_LABELS, real
 
 

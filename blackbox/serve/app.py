@@ -361,6 +361,9 @@ async def unit_top(request: Request) -> Response:
     layer, channel = await _unit(data)
     k = min(_int(data.get("k", explorer.TOP_K), "k", minimum=1), 32)
     ex.model.layer(layer)  # an unknown layer is a 400 now, not a failed job later
+    if ex.store.folder is None:
+        raise UploadError(400, "no --images folder: start 'blackbox serve MODEL --images DIR' to rank a folder's "
+                               "pictures for a unit")
     from starlette.concurrency import run_in_threadpool
 
     files = await run_in_threadpool(ex.folder_files)

@@ -128,8 +128,8 @@ class ImageStore:
                     continue
                 found.append(path.relative_to(self.folder).as_posix())
                 if len(found) >= MAX_FOLDER_FILES:
-                    return found
-        return found
+                    return sorted(found)
+        return sorted(found)
 
     def folder_file(self, relative: str) -> Path:
         if self.folder is None:
