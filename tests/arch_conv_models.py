@@ -19,7 +19,6 @@ import warnings
 
 import onnx
 import torch
-
 from torch_models import bn
 
 nn = torch.nn
@@ -129,11 +128,16 @@ def make_net(name: str, seed: int = 0) -> tuple[nn.Module, int]:
     cls, size = ARCHS[name]
     torch.manual_seed(seed)
     net = cls().eval()
-    with torch.no_grad():  # biases and norms away from their defaults, so no gradient is trivially zero
+    with torch.no_grad():
         for module in net.modules():
-            if isinstance(module, nn.LayerNorm):
+            if isinstance(module, nn.LayerNorm):  # away from the defaults, so no gradient is trivially zero
                 module.weight.uniform_(0.5, 1.5)
                 module.bias.normal_(0, 0.1)
+            elif name == "convnext" and isinstance(module, (nn.Conv2d, nn.Linear)):
+                # torchvision's ConvNeXt init: small weights, zero biases, which make the LayerNorm'ed stem
+                # scale-invariant (f(a x) = f(x) for all but tiny a: the path integral's hard case)
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
     return net, size
 
 

@@ -29,6 +29,9 @@ from ..errors import ParameterError
 from ..graph.autodiff import DECONVNET, GUIDED, PLAIN, RuleSet
 from .base import Context, Param, Result, batched, register
 
+# Integrated gradients' completeness: sum(attributions) should equal f(x) - f(baseline); a larger gap than
+# this fraction of |f(x) - f(baseline)| gets a note (Captum reports the same delta, unscaled).
+IG_COMPLETENESS_TOLERANCE = 0.05
 IG_METHODS = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")
 SMOOTHGRAD_VARIANTS = ("smoothgrad", "smoothgrad_sq", "vargrad")
 
@@ -166,7 +169,7 @@ def draw_noise(rng: np.random.Generator, n_samples: int, shape: tuple[int, ...],
 
 @register("saliency", default_score="logit", kind="gradient",
           summary="gradient of the class score w.r.t. the input pixels (Simonyan et al. 2014; Captum Saliency)")
-def saliency(ctx: Context, *, abs: bool = True) -> Result:  # noqa: A002 - Captum's name
+def saliency(ctx: Context, *, abs: bool = True) -> Result:
     """``abs``: absolute value of the gradient (default True, as Captum's Saliency); False keeps the sign.
     Heatmap: sum over channels of |gradient| (abs=True) or of the signed gradient (abs=False)."""
     return saliency_many([ctx], abs=abs)[0]
@@ -216,8 +219,11 @@ def integrated_gradients(ctx: Context, *, n_steps: int = 50, integration: str = 
     ``baseline``: anything :func:`blackbox.baselines.make_baseline` accepts — a number in model space
     (default 0, Captum's), "zeros", "black", "blur", "mean", an (r, g, b) colour or an array.
     All steps go through the gradient graph in batches. ``extras["convergence_delta"]`` is Captum's
-    ``sum(attributions) - (f(x) - f(baseline))`` in the explained score; a large value relative to
-    ``f(x) - f(baseline)`` means too few steps. Heatmap: signed sum over channels.
+    ``sum(attributions) - (f(x) - f(baseline))`` in the explained score, ``extras["completeness_gap"]``
+    the same relative to ``|f(x) - f(baseline)|``; when that exceeds :data:`IG_COMPLETENESS_TOLERANCE`
+    (5%) the result carries a note: the integral is not converged (too few steps for a path whose
+    gradient changes sharply, as near a LayerNorm model's zero input) or the baseline is a poor
+    reference. Heatmap: signed sum over channels.
     """
     return integrated_gradients_many([ctx], n_steps=n_steps, integration=integration, baseline=baseline)[0]
 
@@ -246,10 +252,32 @@ def integrated_gradients_many(contexts: Sequence[Context], *, n_steps: int = 50,
     for i, ctx in enumerate(contexts):
         attributions = (totals[i] * diffs[i]).astype(np.float32)
         end_x, end_base = (float(v) for v in ends[2 * i:2 * i + 2, ctx.target].astype(np.float64))
-        delta = float(attributions.sum(dtype=np.float64) - (end_x - end_base))
-        results.append(_result(ctx, attributions, _signed(attributions), len(alphas), convergence_delta=delta,
-                               score_input=end_x, score_baseline=end_base, integration=integration))
+        total = float(attributions.sum(dtype=np.float64))
+        gap, note = completeness(total, end_x - end_base, n_steps=len(alphas))
+        result = _result(ctx, attributions, _signed(attributions), len(alphas), convergence_delta=total - (end_x - end_base),
+                         completeness_gap=gap, attribution_sum=total, score_input=end_x, score_baseline=end_base,
+                         integration=integration)
+        if note:
+            result.notes.append(note)
+        results.append(result)
     return results
+
+
+def completeness(total: float, change: float, *, n_steps: int,
+                 tolerance: float = IG_COMPLETENESS_TOLERANCE) -> tuple[float, str | None]:
+    """(gap relative to |f(x) - f(baseline)|, a note or None) for attributions summing to ``total`` where
+    the score changed by ``change``. A change too small to divide by (below 1e-6 of the sum, or both
+    zero) counts as an infinite gap when the sum is not small too."""
+    delta = abs(total - change)
+    scale = abs(change)
+    if delta <= 1e-6 * max(scale, abs(total), 1.0):
+        return 0.0 if scale == 0 else delta / scale, None
+    gap = delta / scale if scale > 0 else float("inf")
+    if gap <= tolerance:
+        return gap, None
+    shown = "inf" if gap == float("inf") else f"{100 * gap:.0f}%"
+    return gap, (f"integrated gradients: attributions sum to {total:.4g} but f(x)-f(baseline) = {change:.4g} "
+                 f"(gap {shown}): add steps (n_steps={n_steps} now, try {4 * n_steps}) or change the baseline")
 
 
 @register("smoothgrad", default_score="logit", kind="gradient",
@@ -259,7 +287,7 @@ def integrated_gradients_many(contexts: Sequence[Context], *, n_steps: int = 50,
           evaluations=lambda p: p["n_samples"],
           memory=lambda p, shape, layout: p["n_samples"] * int(np.prod(shape)) * 32)  # noise, grads, float64 copies
 def smoothgrad(ctx: Context, *, n_samples: int = 50, noise: float | None = None, noise_level: float = 0.15,
-               variant: str = "smoothgrad", abs: bool = True) -> Result:  # noqa: A002 - Captum's name
+               variant: str = "smoothgrad", abs: bool = True) -> Result:
     """Saliency on ``n_samples`` copies of x with Gaussian noise, combined like Captum's NoiseTunnel.
 
     ``noise``: the noise standard deviation in model-space units (Captum's ``stdevs``); when None

@@ -7,6 +7,10 @@ the epsilon rule up to what biases absorb (and what ``epsilon`` absorbs). Meant 
 ReLU / pooling / BatchNormalization / Add networks; other non-linear ops are crossed by their
 gradient, without conservation. Models whose output is a softmax start from the probability and
 cross the softmax by its gradient (no conservation there either): prefer a logit output.
+
+Conservation is checked on every result: ``extras["conservation_gap"]`` is ``|sum(relevance) - score|``
+relative to ``|score|``, and a gap above :data:`LRP_CONSERVATION_TOLERANCE` (10%) adds a note, so a map
+that explains only part of the score says so.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import numpy as np
 from ..errors import ParameterError
 from ..graph.autodiff.rules.lrp import LRP_RULES, lrp_ruleset
 from .base import Context, Param, Result, batched, register
+
+LRP_CONSERVATION_TOLERANCE = 0.10
 
 
 @register("lrp", default_score="raw", kind="gradient",
@@ -59,8 +65,27 @@ def lrp_many(contexts: Sequence[Context], *, rule: str = "epsilon", epsilon: flo
     results = []
     for i, ctx in enumerate(contexts):
         relevance = out.grad[i].astype(np.float64) * ctx.x.astype(np.float64)
+        total, score = float(relevance.sum()), float(out.scores[i, ctx.target])
+        gap, note = conservation(total, score)
         results.append(Result(attributions=relevance.astype(np.float32),
                               heatmap=relevance.sum(axis=0).astype(np.float32), n_evals=1, pixel_attributions=True,
-                              notes=list(engine.notes), extras={"rule": rule, "relevance_sum": float(relevance.sum()),
-                                                                "score": float(out.scores[i, ctx.target])}))
+                              notes=list(engine.notes) + ([note] if note else []),
+                              extras={"rule": rule, "relevance_sum": total, "score": score,
+                                      "conservation_gap": gap}))
     return results
+
+
+def conservation(total: float, score: float,
+                 tolerance: float = LRP_CONSERVATION_TOLERANCE) -> tuple[float, str | None]:
+    """(|total - score| relative to |score|, a note or None): how much of the explained score the pixel
+    relevances account for. A zero score with a non-zero sum is an infinite gap."""
+    delta = abs(total - score)
+    if delta <= 1e-6 * max(abs(score), abs(total), 1.0):
+        return (0.0 if score == 0 else delta / abs(score)), None
+    gap = delta / abs(score) if score != 0 else float("inf")
+    if gap <= tolerance:
+        return gap, None
+    shown = "inf" if gap == float("inf") else f"{100 * gap:.0f}%"
+    return gap, (f"lrp: relevance sums to {total:.4g} but the explained score is {score:.4g} (gap {shown}): "
+                 "biases, epsilon and ops without an LRP rule absorb or add relevance; compare pixels within "
+                 "this map, not with the score")
