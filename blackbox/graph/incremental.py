@@ -34,7 +34,7 @@ from .onnx_utils import DEFAULT_DOMAINS, finish_model, get_attr
 
 PREFIX = "blackbox/inc/"
 PATCH = PREFIX + "patch"  # float32 [N, C, P, Q]: the perturbed input rectangle of every sample
-COVER = 0.5  # a layer whose rectangle covers this fraction of its map runs on full maps
+COVER = 0.8  # a layer whose rectangle covers this fraction of its map runs on full maps
 
 _POINTWISE = {"Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Elu", "Selu",
               "Softplus", "Neg", "Abs", "Exp", "Identity", "Cast", "Dropout", "BatchNormalization",

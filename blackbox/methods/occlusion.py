@@ -118,7 +118,7 @@ def occlusion(ctx: Context, *, window=None, stride=None, baseline="mean", increm
     if incremental is not False and incremental_runner.applicable(ctx.model):
         found = _incremental_scores(ctx, plan, base, forced=incremental is True)
         if found is not None:
-            return window_result(plan, found[0], found[1], ctx.shape, ctx.model.layout)
+            return window_result(plan, found[0], found[1], ctx.shape, ctx.model.layout, incremental=True)
     with ctx.bar(len(plan.masks) + 1, "occlusion") as bar:
         full = ctx.model.score_masks(ctx.x, np.ones((1, 1, 1, 1), np.float32), baseline=base, targets=[ctx.target],
                                      score=ctx.score, ry=np.ones((height, 1), np.float32),
@@ -208,9 +208,9 @@ def plan_windows(shape: tuple[int, int, int], layout: str, window, stride) -> Wi
 
 
 def window_result(plan: WindowPlan, full: float, occluded: np.ndarray, shape: tuple[int, int, int],
-                  layout: str) -> Result:
+                  layout: str, incremental: bool = False) -> Result:
     """Attributions from the unoccluded score and one score per window: the mean drop over the windows
-    covering each pixel, computed on the cell grid."""
+    covering each pixel, computed on the cell grid. ``extras["incremental"]`` says which path scored."""
     masks, ry, rx = plan.masks, plan.ry, plan.rx
     channels, height, width = shape
     diffs = (full - occluded).astype(np.float64)
@@ -221,7 +221,8 @@ def window_result(plan: WindowPlan, full: float, occluded: np.ndarray, shape: tu
     if attributions.shape[0] != channels:
         attributions = np.broadcast_to(attributions, (channels, height, width)).copy()
     return Result(attributions=attributions, heatmap=attributions.sum(axis=0), n_evals=len(masks) + 1,
-                  extras={"window": _in_layout(plan.window, layout), "stride": _in_layout(plan.stride, layout)})
+                  extras={"window": _in_layout(plan.window, layout), "stride": _in_layout(plan.stride, layout),
+                          "incremental": incremental})
 
 
 @batched("occlusion")

@@ -1,0 +1,81 @@
+"""Occlusion end to end against the bare model, full-evaluation path and incremental path side by side.
+
+For each real model (SqueezeNet-fp16, MobileNetV2-int8) at 224 with a 16 px window and stride 8 (730
+evaluations): the bare model's time per evaluation at its best batch on pre-built inputs, the whole
+``blackbox.explain(..., "occlusion", incremental=False)`` call per evaluation, the same with
+``incremental=True``, their ratios to the bare model, and the largest difference between the two maps.
+Sessions are warmed by one explanation of another image first (what a second image costs); the cold
+first call is printed too. Run under the shared lock: ``flock /tmp/bench.lock python scripts/bench_occlusion.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+import blackbox
+from blackbox import runtime
+from blackbox.graph.compose import X, forward_graph
+from blackbox.inputs import prepare_batch
+
+REAL = Path(__file__).resolve().parents[1].parent / "shared" / "real"
+MODELS = {"squeezenet-fp16": "squeezenet1.0-fp16.onnx", "mobilenetv2-int8": "mobilenetv2-12-int8.onnx"}
+IMAGES = ("kitten_224.png", "elephant.jpg")
+
+
+def bare_per_eval(model, x: np.ndarray, batches=(1, 4, 8, 16, 32, 64), repeats: int = 3) -> tuple[float, int]:
+    """Seconds per sample of the model alone (raw outputs), best over batch sizes, inputs pre-built."""
+    session = runtime.make_session(forward_graph(model.graph, model.image, model.output, dict(model.constants)),
+                                   model.device)
+    best = (float("inf"), 0)
+    for batch in batches:
+        inputs = {X: np.ascontiguousarray(np.repeat(x[None], batch, axis=0))}
+        session.run(None, inputs)
+        samples = max(batch, 128 // batch * batch)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for _ in range(samples // batch):
+                session.run(None, inputs)
+            times.append((time.perf_counter() - start) / samples)
+        best = min(best, (min(times), batch))
+    return best
+
+
+def explain_time(model, x: np.ndarray, incremental, repeats: int) -> tuple[float, np.ndarray, int]:
+    times, exp = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        exp = blackbox.explain(model, x, "occlusion", window=16, stride=8, incremental=incremental, progress=False)
+        times.append(time.perf_counter() - start)
+    return min(times), exp.attributions, exp.n_evals
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    print(f"{'model':18} {'bare ms/eval':>12} {'(batch)':>7} {'full ms/eval':>12} {'incr ms/eval':>12} "
+          f"{'full/bare':>9} {'incr/bare':>9} {'full/incr':>9} {'max|diff|':>10} {'max|map|':>9} {'cold incr s':>11}")
+    for label, file in MODELS.items():
+        model = blackbox.load(REAL / "models" / file)
+        warm, image = (prepare_batch(model, [REAL / "images" / name])[0].x for name in IMAGES)
+        start = time.perf_counter()
+        blackbox.explain(model, warm, "occlusion", window=16, stride=8, incremental=True, progress=False)
+        cold = time.perf_counter() - start
+        blackbox.explain(model, warm, "occlusion", window=16, stride=8, incremental=False, progress=False)
+        bare, batch = bare_per_eval(model, image)
+        full, full_map, n = explain_time(model, image, False, args.repeats)
+        incr, incr_map, _ = explain_time(model, image, True, args.repeats)
+        diff = float(np.abs(full_map - incr_map).max())
+        print(f"{label:18} {bare * 1e3:12.3f} {batch:7d} {full / n * 1e3:12.3f} {incr / n * 1e3:12.3f} "
+              f"{full / n / bare:9.3f} {incr / n / bare:9.3f} {full / incr:9.3f} {diff:10.2e} "
+              f"{float(np.abs(full_map).max()):9.3f} {cold:11.2f}", flush=True)
+    print(f"evaluations per explanation: {n} (window 16, stride 8, 224 x 224); times: best of {args.repeats}")
+
+
+if __name__ == "__main__":
+    main()
