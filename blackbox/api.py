@@ -55,7 +55,7 @@ def target_notes(probabilities: np.ndarray, target: int, score: str) -> list[str
     tied = others[np.abs(p[others] - mine) <= TIE_TOLERANCE * max(mine, 1e-30)] if mine > 0 else others[:0]
     if tied.size:
         shown = ", ".join(str(int(i)) for i in tied[:5]) + (", ..." if tied.size > 5 else "")
-        notes.append(f"the target ties with class {shown} (probability {mine:.4g} each): the model does not "
+        notes.append(f"the target is tied with class {shown} (probability {mine:.4g} each): the model does not "
                      "separate them here, so the map may explain either; try another target or model")
     if mine >= SATURATED and score == "probability":
         notes.append(f"the target's probability is {mine:.7f}, 1.0 to float precision: a probability-space map "

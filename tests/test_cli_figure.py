@@ -100,7 +100,7 @@ def test_a_log_probability_is_named_so(tmp_path, capsys):
 
 def test_tied_and_saturated_targets_get_notes():
     tied = target_notes(np.array([0.3333333, 0.3333334, 0.3333333, 0.0]), 1, "logit")
-    assert len(tied) == 1 and "ties with class 0, 2" in tied[0]
+    assert len(tied) == 1 and "tied with class 0, 2" in tied[0]
     saturated = target_notes(np.array([1.0, 1e-9, 0.0]), 0, "probability")
     assert len(saturated) == 1 and "score logit" in saturated[0]
     assert target_notes(np.array([1.0, 1e-9, 0.0]), 0, "logit") == []  # logit maps are not flat there
