@@ -15,21 +15,19 @@ import os
 import warnings
 from pathlib import Path
 
+import captum.attr as captum_attr  # test extra: missing means a broken install, not a skip
 import cv2
 import numpy as np
 import pytest
+import torch  # test extra: missing means a broken install, not a skip
+from conftest import IMAGENET_LABELS, real
+from torch_models import MODELS as NETS
+from torch_models import LogitsOnly, exported, for_blackbox
 
 import blackbox
+from blackbox.datasets.shapes import make_shapes, watermark_box
 from blackbox.errors import ParameterError
 from blackbox.methods.gradients import draw_noise
-from blackbox.datasets.shapes import make_shapes, watermark_box
-from conftest import IMAGENET_LABELS, real
-
-import torch as torch  # test extra: missing means a broken install, not a skip
-import captum.attr as captum_attr  # test extra: missing means a broken install, not a skip
-
-from torch_models import MODELS as NETS  # noqa: E402
-from torch_models import LogitsOnly, exported, for_blackbox  # noqa: E402
 
 TARGET = 3
 EXPORTERS = ("torchscript", "dynamo")
@@ -320,3 +318,36 @@ def test_gather_gradient_constant_indices(indices):
     want = np.zeros_like(x)
     np.add.at(want, (slice(None), idx.reshape(-1) % 5), seed.reshape(2, -1, 3))
     np.testing.assert_allclose(grad, want, rtol=1e-6, atol=1e-7)
+
+
+def _linear_model(classes: int = 4, side: int = 8):
+    """input [N, 3, side, side] -> Flatten -> Gemm (with bias): f(x) - f(b) = w . (x - b) exactly."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(11)
+    w = rng.normal(size=(classes, 3 * side * side)).astype(np.float32)
+    bias = rng.normal(size=classes).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["input"], ["flat"]),
+         helper.make_node("Gemm", ["flat", "w", "b"], ["logits"], transB=1)], "linear",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, side, side])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(bias, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return blackbox.load(model, device="cpu", preprocess="raw"), w
+
+
+@pytest.mark.parametrize("baseline", [0.0, 0.5])
+def test_integrated_gradients_on_a_linear_model_is_complete_and_has_no_gap_note(baseline):
+    model, w = _linear_model()
+    x = np.random.default_rng(2).uniform(0, 1, size=(3, 8, 8)).astype(np.float32)
+    exp = blackbox.explain(model, x, "integrated_gradients", target=1, score="raw", n_steps=4, baseline=baseline)
+    expected = w[1].reshape(3, 8, 8).astype(np.float64) * (x - baseline)
+    np.testing.assert_allclose(exp.attributions, expected, rtol=1e-5, atol=1e-6)
+    change = exp.extras["score_input"] - exp.extras["score_baseline"]
+    assert change == pytest.approx(float(expected.sum()), rel=1e-4)
+    assert exp.extras["completeness_gap"] < 1e-4
+    assert not [n for n in exp.notes if n.startswith("integrated gradients:")]

@@ -6,19 +6,19 @@ from __future__ import annotations
 import io
 import warnings
 
+import captum.attr as captum_attr  # test extra: missing means a broken install, not a skip
 import numpy as np
 import onnx
 import pytest
+import torch  # test extra: missing means a broken install, not a skip
+from captum.attr._utils.custom_modules import Addition_Module
+from captum.attr._utils.lrp_rules import Alpha1_Beta0_Rule, EpsilonRule
 from onnx import TensorProto, helper, numpy_helper
 
 import blackbox
 from blackbox.errors import ParameterError
 
-import torch as torch  # test extra: missing means a broken install, not a skip
 nn = torch.nn
-import captum.attr as captum_attr  # test extra: missing means a broken install, not a skip
-from captum.attr._utils.custom_modules import Addition_Module  # noqa: E402
-from captum.attr._utils.lrp_rules import Alpha1_Beta0_Rule, EpsilonRule  # noqa: E402
 
 K = 5
 
@@ -67,7 +67,7 @@ class BiasFreeNet(nn.Module):
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(y, 1), 1))
 
 
-def export(net: nn.Module, x: "torch.Tensor") -> onnx.ModelProto:
+def export(net: nn.Module, x: torch.Tensor) -> onnx.ModelProto:
     f = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -225,3 +225,37 @@ def test_bad_parameters_name_the_parameter(params, word):
                           device="cpu")
     with pytest.raises(ParameterError, match=word):
         blackbox.explain(model, np.ones((2, 3, 3), np.float32), "lrp", target=0, **params)
+
+
+# ---------------------------------------------------------------------------------- conservation note
+def _lrp_notes(e) -> list[str]:
+    return [n for n in e.notes if n.startswith("lrp:")]
+
+
+def test_conservation_gap_of_a_biased_layer_is_a_note_with_the_figures():
+    """One Gemm with bias, epsilon rule: the pixels receive sum(a_i w_i) of R = z = sum(a_i w_i) + b, so
+    the gap is exactly |b| / |z|: a large bias gets a note, no bias none."""
+    rng = np.random.default_rng(3)
+    w = rng.normal(size=(K, 18)).astype(np.float32)
+    x = rng.normal(size=(2, 3, 3)).astype(np.float32)
+    contrib = float(x.reshape(-1).astype(np.float64) @ w[0].astype(np.float64))
+    b = np.zeros(K, np.float32)
+    b[0] = np.float32(2.0 * abs(contrib) + 1.0)  # the bias carries most of the score
+    e = blackbox.explain(blackbox.load(_one_layer_model("gemm", w, b), device="cpu"), x, "lrp", target=0, epsilon=0)
+    z = contrib + float(b[0])
+    assert e.extras["score"] == pytest.approx(z, rel=1e-5)
+    assert e.extras["relevance_sum"] == pytest.approx(contrib, rel=1e-4, abs=1e-5)
+    assert e.extras["conservation_gap"] == pytest.approx(abs(b[0]) / abs(z), rel=1e-4)
+    (note,) = _lrp_notes(e)
+    assert f"{e.extras['relevance_sum']:.4g}" in note and f"{e.extras['score']:.4g}" in note
+    assert f"{100 * e.extras['conservation_gap']:.0f}%" in note
+    e = blackbox.explain(blackbox.load(_one_layer_model("gemm", w, np.zeros(K, np.float32)), device="cpu"), x, "lrp",
+                         target=0, epsilon=0)
+    assert e.extras["conservation_gap"] < 1e-5 and _lrp_notes(e) == []
+
+
+def test_conserving_network_has_no_conservation_note():
+    net, x, model = build(BiasFreeNet, 2)
+    target = int(np.argmax(net(x[:1]).detach().numpy()[0]))
+    e = blackbox.explain(model, x[0].numpy(), "lrp", target=target)
+    assert e.extras["conservation_gap"] < 1e-4 and _lrp_notes(e) == []
