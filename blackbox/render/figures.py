@@ -150,6 +150,12 @@ def _new_figure(width: float, height: float) -> Figure:
     return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
 
 
+def _aspect(shape) -> str:
+    """Square pixels, except for strips (a 1 x 5000 picture would be a hairline): those fill the panel."""
+    height, width = shape[:2]
+    return "auto" if max(height, width) > 8 * max(1, min(height, width)) else "equal"
+
+
 def _bare(ax) -> None:
     ax.set_xticks([])
     ax.set_yticks([])
@@ -166,7 +172,8 @@ def _draw_original(fig, ax, view: _View, *, legend: bool = True) -> None:
     if view.seen is not None:
         dimmed = (picture.astype(np.float32) * 0.35 + 255 * 0.15).astype(np.uint8)
         picture = np.where(view.seen[..., None], picture, dimmed)
-    ax.imshow(picture, interpolation="nearest" if max(picture.shape[:2]) < 128 else "antialiased")
+    ax.imshow(picture, interpolation="nearest" if min(picture.shape[:2]) < 128 else "antialiased",
+              aspect=_aspect(picture.shape))
     _bare(ax)
     if view.seen is not None:
         top, bottom, left, right = view.box
@@ -181,22 +188,23 @@ def _draw_map(ax, view: _View, scaled: Scaled, mode: str, alpha: float):
     """The map in ``mode`` (Captum's heat_map, blended_heat_map, masked_image, alpha_scaling); returns
     the image a colour bar describes (None for masked and alpha, which have no colour scale)."""
     crop = view.crop
-    small = max(crop.shape[:2]) < 128
-    interpolation = "nearest" if small else "antialiased"
+    interpolation = "nearest" if min(crop.shape[:2]) < 128 else "antialiased"
+    aspect = _aspect(crop.shape)
     _bare(ax)
     if mode == "heat":
         return ax.imshow(scaled.values, cmap=scaled.colormap, vmin=scaled.vmin, vmax=scaled.vmax,
-                         interpolation=interpolation)
+                         interpolation=interpolation, aspect=aspect)
     if mode == "blend":
-        ax.imshow(np.mean(crop, axis=2), cmap="gray", interpolation=interpolation)
+        ax.imshow(np.mean(crop, axis=2), cmap="gray", interpolation=interpolation, aspect=aspect)
         return ax.imshow(scaled.values, cmap=scaled.colormap, vmin=scaled.vmin, vmax=scaled.vmax, alpha=alpha,
-                         interpolation=interpolation)
+                         interpolation=interpolation, aspect=aspect)
     if mode == "masked":
-        ax.imshow(np.clip((crop * scaled.norm[..., None]).astype(int), 0, 255), interpolation=interpolation)
+        ax.imshow(np.clip((crop * scaled.norm[..., None]).astype(int), 0, 255), interpolation=interpolation,
+                  aspect=aspect)
         return None
     ax.set_facecolor("white")
     alpha_channel = np.clip((scaled.norm[..., None] * 255).astype(int), 0, 255)
-    ax.imshow(np.concatenate([crop.astype(int), alpha_channel], axis=2), interpolation=interpolation)
+    ax.imshow(np.concatenate([crop.astype(int), alpha_channel], axis=2), interpolation=interpolation, aspect=aspect)
     return None
 
 
