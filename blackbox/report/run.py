@@ -433,7 +433,6 @@ def _explain_item(model: Any, entry: Entry, method: str, config: ReportConfig, t
     from ..api import explain
     from ..inputs import from_internal
     from .colorbar import overlay_range
-    from .notes import record_notes
     from .targets import target_scores, true_space
 
     probs, logits = scores
@@ -483,7 +482,7 @@ def _explain_item(model: Any, entry: Entry, method: str, config: ReportConfig, t
         "score": float(exp.target_score), "score_space": true_space(exp.score, kind),
         "top": [{"index": int(i), "label": model.label(int(i)), "probability": float(probs[i])} for i in order],
         "params": summary["params"], "seconds": round(float(exp.seconds), 4), "n_evals": int(exp.n_evals),
-        "notes": record_notes(exp, model, probs, logits, int(index)),
+        "notes": summary["notes"],  # every warning the explanation carries (blackbox.api makes them)
         "colorbar": overlay_range(exp.heatmap, exp.image.shape, exp.seen, config.colormap),
         "picture": {"size": list(exp.image.shape[:2]), "crop": crop},
         "metrics": flat, "curves": curves, "sanity": sanity,

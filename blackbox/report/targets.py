@@ -108,14 +108,15 @@ def record_stem(method_stem: str, slot: str | None) -> str:
     return method_stem if slot is None else f"{method_stem}__{slot}"
 
 
-TRUE_SPACE = {"logits": "logit", "probabilities": "probability", "log_probabilities": "log-probability"}
+TRUE_SPACE = {"logits": "logit", "probabilities": "probability", "log_probabilities": "log_probability"}
 
 
 def true_space(space: str | None, kind: str | None) -> str | None:
-    """The score space named for what it is: blackbox's ``logit`` space of a model that outputs
-    (log-)probabilities is the log-probability, and ``raw`` is whatever the model outputs."""
+    """The score space named for what it is (as :func:`blackbox.api.score_space` names it): blackbox's
+    ``logit`` space of a model that outputs (log-)probabilities is the log-probability, and ``raw`` is
+    whatever the model outputs."""
     if space == "logit":
-        return "logit" if kind == "logits" else "log-probability"
+        return "logit" if kind == "logits" else "log_probability"
     if space == "raw":
         return TRUE_SPACE.get(str(kind), "raw")
     return space
