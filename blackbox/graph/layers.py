@@ -92,6 +92,19 @@ class Layer:
         """The size of the channel axis (C) of a spatial layer."""
         return self.reading().channels(self.shape) if self.spatial else None
 
+    @property
+    def map_shape(self) -> tuple[int, int, int] | None:
+        """(C, h, w): the layer read as maps (what unit views index), None when it is not spatial."""
+        return (self.channels, *self.grid) if self.spatial else None
+
+    def maps(self, values: np.ndarray) -> np.ndarray:
+        """Batched values [N, *shape] of a spatial layer as maps [N, C, h, w] (see :meth:`reading`)."""
+        return self.reading().maps(values)
+
+    def unmaps(self, maps: np.ndarray) -> np.ndarray:
+        """The inverse of :meth:`maps` (tokens: zeros at the extra tokens), for seeds given per map unit."""
+        return self.reading().unmaps(maps, self.shape)
+
     def reading(self, layout: str = "auto", *, image: tuple[int, int] | None = None,
                 grid: tuple[int, int] | None = None) -> Reading | None:
         """How the values read as maps [C, h, w]: ``layout`` "auto" (the layer's own), "nchw", "nhwc" or

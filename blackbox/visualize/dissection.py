@@ -364,7 +364,8 @@ def _check_layers(model, layers: str | Sequence[str]) -> list[str]:
         layer = model.layer(name)
         if not layer.spatial:
             raise ParameterError(f"layer {name!r} is not a spatial map (shape {list(layer.shape)} per sample); "
-                                 "dissection needs [C, H, W] with H x W > 1")
+                                 "dissection needs a map [C, H, W] or [H, W, C], or tokens [extra + H*W, C], "
+                                 "with H x W > 1")
     return names
 
 
@@ -378,7 +379,9 @@ def _check_numbers(quantile: float, iou_threshold: float, batch_size: int | None
 
 
 def _activations(model, samples, names: list[str]) -> dict[str, np.ndarray]:
-    return model.activations(np.stack([s.x for s in samples]), names)
+    """The layers' values as maps [N, C, h, w] (channel-last maps and tokens read like NCHW ones)."""
+    values = model.activations(np.stack([s.x for s in samples]), names)
+    return {name: model.layer(name).maps(values[name]) for name in names}
 
 
 def dissect(model, concepts: str | os.PathLike | ConceptSet, *, layers: str | Sequence[str],

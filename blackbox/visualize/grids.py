@@ -228,7 +228,7 @@ def _spatial_layer(model, name: str):
     layer = model.layer(name)
     if not layer.spatial:
         raise ParameterError(f"layer {name!r} has shape {list(layer.shape)} ({layer.kind}), not a spatial map "
-                             f"[C, H, W]; {_spatial_hint(model)}")
+                             f"([C, H, W], [H, W, C] or tokens [extra + H*W, C]); {_spatial_hint(model)}")
     return layer
 
 
@@ -260,14 +260,15 @@ def _cell_size(h: int, w: int, min_cell: int, max_cell: int) -> tuple[int, int]:
 
 def activations(model, image, *, layer: str, shared_scale: bool = False, colormap: str = "viridis",
                 show_input: bool = True, min_cell: int = 48, max_cell: int = 256, gap: int = 2) -> Grid:
-    """Every channel of a spatial ``layer`` for one image (path, uint8 picture or model-space array) as a
-    tile; each channel min-max scaled (``shared_scale``: one range for all, so strengths compare), coloured
+    """Every channel of a spatial ``layer`` (an NCHW or channel-last map, or a transformer's patch tokens on
+    their grid) for one image (path, uint8 picture or model-space array) as a tile; each channel min-max scaled (``shared_scale``: one range for all, so strengths compare), coloured
     with a sequential map; the picture the model saw comes first when ``show_input``."""
     if colormap not in _COLORMAPS:
         raise ParameterError(f"unknown colormap {colormap!r}: use one of {', '.join(sorted(_COLORMAPS))}")
     chosen = _spatial_layer(model, layer)
     sample = prepare(model, image)
-    maps = model.activations(sample.x[None], [chosen.name])[chosen.name][0].astype(np.float32)
+    values = model.activations(sample.x[None], [chosen.name])[chosen.name]
+    maps = chosen.maps(values)[0].astype(np.float32)  # channel c of any layout is one tile
     size = _cell_size(maps.shape[1], maps.shape[2], min_cell, max_cell)
     cells = []
     for tile in maps:

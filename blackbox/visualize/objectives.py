@@ -193,9 +193,18 @@ def layer_shape(model: "Model", name: str) -> tuple[int, ...]:
 
 
 def _unit_column(model: "Model", term: Term) -> np.ndarray:
-    """The constant column of a linear term over the flattened per-sample tensor."""
+    """The constant column of a linear term over the flattened per-sample tensor. A spatial layer's units
+    are those of its maps [C, h, w] (a channel-last map's or a token sequence's channel c is its last
+    axis; a channel's mean is over the patch tokens, not the class token), written back in its layout."""
+    entry = model.layer(term.layer)
+    shape = layer_shape(model, term.layer)
+    if not entry.spatial:
+        return _map_column(term, shape)
+    return entry.unmaps(_map_column(term, entry.map_shape)[None])[0]
+
+
+def _map_column(term: Term, shape: tuple[int, ...]) -> np.ndarray:
     name = term.layer
-    shape = layer_shape(model, name)
     column = np.zeros(shape, np.float64)
     if term.kind == "direction":
         vector = np.asarray(term.arg("vector"))
@@ -372,8 +381,13 @@ def _emit_term(e: _Emitter, model: "Model", term: Term, num_classes: int, score:
 def _emit_diversity(e: _Emitter, model: "Model", term: Term, tensor: str) -> str:
     shape = layer_shape(model, term.layer)
     n = term.arg("n")
-    channels = shape[0]
-    rows = e.op("Reshape", [tensor, e.constant("shape", np.array([0, channels, -1], np.int64))], "rows")
+    entry = model.layer(term.layer)
+    channels = entry.channels if entry.spatial else shape[0]
+    if entry.spatial and entry.layout != "nchw":  # channel-last maps and tokens: channels on the last axis
+        positions = e.op("Reshape", [tensor, e.constant("shape", np.array([0, -1, channels], np.int64))], "cols")
+        rows = e.op("Transpose", [positions], "rows", perm=[0, 2, 1])
+    else:
+        rows = e.op("Reshape", [tensor, e.constant("shape", np.array([0, channels, -1], np.int64))], "rows")
     gram = e.op("MatMul", [rows, e.op("Transpose", [rows], "rowsT", perm=[0, 2, 1])], "gram")
     flat = e.flat(gram)
     norm = e.op("Sqrt", [e.dot(e.op("Mul", [flat, flat], "sq"), np.ones(channels * channels))], "norm")

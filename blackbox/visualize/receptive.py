@@ -122,7 +122,7 @@ def receptive_field(model: Model, layer: str) -> ReceptiveField:
 
 def _shapes(graph: onnx.ModelProto) -> dict[str, list]:
     """Per tensor its inferred dims (batch 1), the inputs' and initializers' included."""
-    shapes = dict(tensor_shapes(graph))
+    shapes = dict(tensor_shapes(graph, probe=False))  # an unknown size counts as kept: no run needed
     for value in graph.graph.input:
         dims = [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
         shapes.setdefault(value.name, dims)

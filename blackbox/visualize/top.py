@@ -40,7 +40,7 @@ from ..image_io import write_png_atomic
 from ..inputs import Sample
 from .engine import gradients_for, unit_gradients
 from .images import batches, collect, source_name
-from .objectives import layer_shape, weighted
+from .objectives import weighted
 from .receptive import ReceptiveField, receptive_field
 from .space import DisplaySpace, to_uint8
 
@@ -128,8 +128,9 @@ def _check(model, layer: str, channel: int, k: int, batch_size: int | None) -> N
     found = model.layer(layer)
     if not found.spatial:
         raise ParameterError(f"layer {layer!r} is not a spatial map (shape {list(found.shape)} per sample); "
-                             "top activations need [C, H, W] with H x W > 1")
-    channels = layer_shape(model, layer)[0]
+                             "top activations need a map [C, H, W] or [H, W, C], or tokens [extra + H*W, C], "
+                             "with H x W > 1")
+    channels = found.channels
     if isinstance(channel, bool) or not isinstance(channel, (int, np.integer)) or not 0 <= channel < channels:
         raise ParameterError(f"channel {channel!r} is out of range: layer {layer!r} has channels 0..{channels - 1}")
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
@@ -154,7 +155,8 @@ def _stream(model, items: list, layer: str, channel: int, k: int, batch_size: in
     with tqdm(total=len(items), desc="top activations", unit="image", disable=not progress, leave=False,
               dynamic_ncols=True) as bar:
         for start, samples in batches(model, items, batch_size):
-            maps = model.activations(np.stack([s.x for s in samples]), [layer])[layer][:, channel]
+            values = model.activations(np.stack([s.x for s in samples]), [layer])[layer]
+            maps = model.layer(layer).maps(values)[:, channel]
             runtime.check_finite(maps, f"images (layer {layer!r})")
             flat = maps.reshape(len(maps), -1)
             best = flat.argmax(axis=1)
@@ -211,11 +213,12 @@ def render_projection(grad_display: np.ndarray, size: tuple[int, int]) -> np.nda
 
 def _projections(model, kept: list[_Kept], layer: str, channel: int) -> np.ndarray:
     """d A[channel, y, x] / d x [k, C, H, W] under DeconvNet, one one-hot weight per kept image."""
-    weights = np.zeros((len(kept), *layer_shape(model, layer)), np.float32)
+    found = model.layer(layer)
+    weights = np.zeros((len(kept), *found.map_shape), np.float32)
     for i, item in enumerate(kept):
         weights[i, channel, item.position[0], item.position[1]] = 1.0
     x = np.stack([item.sample.x for item in kept])
-    return unit_gradients(model, x, layer, weights, rules=DECONVNET)
+    return unit_gradients(model, x, layer, found.unmaps(weights), rules=DECONVNET)
 
 
 def _result(model, kept: list[_Kept], items: list, layer: str, channel: int, rf: ReceptiveField,
