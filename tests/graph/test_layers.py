@@ -6,14 +6,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from conftest import IMAGENET_LABELS, real
+from helpers import sine_classifier
 from onnx import TensorProto, helper, numpy_helper
 
 import blackbox
 from blackbox.errors import ParameterError, UnsupportedOpError
 from blackbox.graph.layers import discover_layers, with_taps
 from blackbox.inputs import prepare
-from conftest import IMAGENET_LABELS, real
-from helpers import sine_classifier
 
 
 def test_layers_are_listed_in_graph_order_with_per_sample_shapes():
@@ -123,3 +123,71 @@ def test_discover_layers_is_pure():
     discover_layers(proto)
     with_taps(proto, ["wave"])
     assert proto.SerializeToString() == before
+
+
+# ------------------------------------------------------------------------------------------ layouts
+def _old_rule(model):
+    """The shape-only rule layers used before layouts: every [C, h, w] with h x w > 1 is a map; the CAM
+    layer is the last map feeding a pooling/flattening op."""
+    reducers = {"GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax", "Flatten", "Reshape",
+                "AveragePool", "MaxPool"}
+    maps = {layer.tensor: layer.name for layer in model.layers()
+            if len(layer.shape) == 3 and all(isinstance(d, int) for d in layer.shape)
+            and layer.shape[1] * layer.shape[2] > 1}
+    chosen = None
+    for node in model.float_graph().graph.node:
+        if node.op_type in reducers and node.input and node.input[0] in maps:
+            chosen = maps[node.input[0]]
+    return list(maps.values()), chosen
+
+
+@pytest.mark.parametrize("name", ["mobilenetv2-12-int8.onnx", "squeezenet1.0-fp16.onnx", "mnist-cntk.onnx",
+                                  "mnist-pytorch.onnx", "cifar10-pytorch.onnx"])
+def test_real_cnns_keep_their_maps_and_cam_layer(name):
+    """Layouts followed along the data flow find exactly the maps the shape rule found, all NCHW, and
+    the same default CAM layer, on the real third-party CNNs."""
+    model = blackbox.load(real("models", name), device="cpu")
+    maps, chosen = _old_rule(model)
+    spatial = [layer for layer in model.layers() if layer.spatial]
+    assert [layer.name for layer in spatial] == maps and {layer.layout for layer in spatial} == {"nchw"}
+    assert all(layer.grid == layer.shape[1:] and layer.channels == layer.shape[0] for layer in spatial)
+    assert model.default_cam_layer() == chosen
+
+
+def test_a_graph_whose_input_is_not_an_image_reads_4d_tensors_as_nchw():
+    """Flattened pixels [N, 432] reshaped inside the graph: the data flow has no image to start from, so
+    every [N, C, h, w] tensor reads as NCHW (the shape rule), as before layouts existed."""
+    proto = sine_classifier()
+    graph = proto.graph
+    graph.input[0].CopyFrom(helper.make_tensor_value_info("flat", TensorProto.FLOAT, ["N", 432]))
+    graph.initializer.append(numpy_helper.from_array(np.array([-1, 3, 12, 12], np.int64), "image_shape"))
+    graph.node.insert(0, helper.make_node("Reshape", ["flat", "image_shape"], ["x"]))
+    layers = {layer.name: layer for layer in discover_layers(proto)}
+    assert layers["wave"].layout == "nchw" and layers["wave"].grid == (12, 12)
+    assert not layers["pooled"].spatial
+
+
+def test_readings_of_a_tensor_without_a_layout():
+    """Explicit layouts on tensors the data flow did not place: what the shape allows, tokens only where
+    exactly one split into extra + h*w fits the image's aspect ratio (or the model's patch grid)."""
+    from blackbox.graph.layers import Layer
+
+    attention = Layer("att", "Softmax", (2, 17, 17), 0)
+    assert not attention.spatial and attention.reading() is None
+    assert set(attention.readings()) == {"nchw", "nhwc"}
+    tokens = Layer("t", "MatMul", (17, 8), 0)
+    square = tokens.reading("tokens", image=(32, 32))
+    assert (square.extra, square.grid) == (1, (4, 4))
+    wide = tokens.reading("tokens", image=(16, 64))  # 16 patches of a 1:4 picture: 2 x 8
+    assert (wide.extra, wide.grid) == (1, (2, 8))
+    assert Layer("t", "MatMul", (18, 8), 0).reading("tokens", image=(16, 64)).extra == 2  # DeiT: two in front
+    assert Layer("t", "MatMul", (23, 8), 0).reading("tokens", image=(32, 32)) is None  # 19..23: no square
+    assert Layer("t", "MatMul", (23, 8), 0).reading("nchw") is None  # [T, C] is not [C, h, w]
+    assert Layer("t", "MatMul", (26, 8), 0).reading("tokens", grid=(4, 6)).extra == 2  # the model's grid wins
+    values = np.arange(2 * 17 * 8, dtype=np.float32).reshape(2, 17, 8)
+    reading = tokens.reading("tokens", grid=(4, 4))
+    maps = reading.maps(values)
+    assert maps.shape == (2, 8, 4, 4) and maps[1, 3, 2, 1] == values[1, 1 + 2 * 4 + 1, 3]
+    back = reading.unmaps(maps, tokens.shape)
+    np.testing.assert_array_equal(back[:, 1:], values[:, 1:])
+    assert not back[:, 0].any()
