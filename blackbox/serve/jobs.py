@@ -73,12 +73,14 @@ class Job:
                 "result": summary}
 
 
-def _live_fraction() -> float | None:
-    """Mean n/total of the tqdm bars alive now (only the worker draws bars in a server)."""
+def _live_fraction(since: float) -> float | None:
+    """Mean n/total of the tqdm bars alive now and started since ``since`` (only the worker draws bars in a
+    server; the time leaves out a bar a stopped job never closed)."""
     try:
         from tqdm import tqdm
 
-        bars = [bar for bar in list(getattr(tqdm, "_instances", ())) if getattr(bar, "total", None)]
+        bars = [bar for bar in list(getattr(tqdm, "_instances", ()))
+                if getattr(bar, "total", None) and getattr(bar, "start_t", 0) >= since]
     except Exception:  # noqa: BLE001 - progress is a nicety; never fail a poll over it
         return None
     if not bars:
@@ -144,7 +146,7 @@ class JobQueue:
         with self._lock:
             job = self._jobs.get(job_id)
             if job is not None and job.status == RUNNING:
-                fraction = _live_fraction()
+                fraction = _live_fraction(job.started or 0.0)
                 if fraction is not None:
                     job.progress = max(job.progress, min(fraction, 0.99))
             return job
