@@ -213,7 +213,8 @@ def _stream(model: Model, spec: MethodSpec, score: str, items: Iterator[Any], ta
             total: int | None) -> Iterator[Explanation | Exception]:
     pool = ThreadPoolExecutor(_PREFETCH_THREADS, thread_name_prefix="blackbox-prefetch") if prefetch else None
     groups = _batches(items, targets, size, total)
-    bar = tqdm(total=total, desc=f"{spec.name} images", unit="image", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=total, desc=f"{spec.name} images", unit="image", disable=not progress, dynamic_ncols=True,
+               delay=1.0)  # shown once a run passes a second
     try:
         started = _start(model, next(groups, None), pool)
         while started is not None:
