@@ -60,7 +60,7 @@ pre{background:#f6f6f8;padding:8px;overflow:auto;max-width:100%;white-space:pre-
 .controls{display:flex;flex-wrap:wrap;gap:6px 14px;align-items:center;margin:8px 0;padding:8px;background:#f6f6f8}
 .controls label{white-space:nowrap}.controls input[type=number]{width:6em}
 .pager{display:flex;gap:6px;align-items:center;margin:6px 0}.pager button{min-width:2.4em}
-.warn{color:#8a4b00}.notes{max-width:224px;margin:4px auto 0;text-align:left;font-size:11px;color:#8a4b00}
+.warn{color:#8a4b00}select.target{max-width:15em}.notes{max-width:224px;margin:4px auto 0;text-align:left;font-size:11px;color:#8a4b00}
 .notes li{margin:2px 0}.cbar{max-width:224px;margin:3px auto 0}.cbar img{display:block;width:100%;height:10px;
 border:1px solid #bbb;image-rendering:pixelated}.cbar .ticks{display:flex;justify-content:space-between;font-size:10px;
 color:#444;font-variant-numeric:tabular-nums}.links{font-size:11px;margin-top:2px}.grid button.zoom{border:0;padding:0;
