@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import io
 import math
+import warnings
 
 import numpy as np
+import onnx
 import pytest
+import torch
+from conftest import real
+from helpers import conv_classifier
 
 import blackbox
-from blackbox.errors import ParameterError
 from blackbox.datasets.shapes import make_shapes, watermark_box
+from blackbox.errors import ParameterError
 
 
 def brute_force_occlusion(model, x, target, window, stride, baseline, score):
@@ -82,3 +88,90 @@ def test_bad_parameters(shapes_model, params, word):
     image = make_shapes(1, seed=5).images[0]
     with pytest.raises(ParameterError, match=word):
         blackbox.explain(shapes_model, image, "occlusion", **params)
+
+
+# ----------------------------------------------------------------------------- incremental inference
+class ResidualConcatNet(torch.nn.Module):
+    """A stride-2 stem, a ceil_mode pool, a depthwise residual block and a two-branch concat (SqueezeNet's
+    fire module): every pattern the incremental rewrite must stitch, as the TorchScript exporter writes it."""
+
+    def __init__(self):
+        super().__init__()
+        nn = torch.nn
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.ReLU6(), nn.MaxPool2d(3, 2, ceil_mode=True))
+        self.block = nn.Sequential(nn.Conv2d(8, 16, 1), nn.ReLU(), nn.Conv2d(16, 16, 3, 1, 1, groups=16),
+                                   nn.ReLU(), nn.Conv2d(16, 8, 1))
+        self.squeeze, self.e1, self.e3 = nn.Conv2d(8, 4, 1), nn.Conv2d(4, 6, 1), nn.Conv2d(4, 6, 3, padding=1)
+        self.fc = nn.Linear(12, 4)
+        with torch.no_grad():  # He-initialised: hiding a window moves the logits well above float32 noise
+            for module in self.modules():
+                if isinstance(module, (nn.Conv2d, nn.Linear)):
+                    nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                if isinstance(module, nn.BatchNorm2d):
+                    module.running_mean.normal_(0, 0.2)
+                    module.running_var.uniform_(0.5, 1.5)
+
+    def forward(self, x):
+        y = self.stem(x)
+        y = y + self.block(y)
+        s = torch.relu(self.squeeze(y))
+        y = torch.cat([torch.relu(self.e1(s)), torch.relu(self.e3(s))], 1)
+        return self.fc(y.mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def residual_concat_model():
+    torch.manual_seed(0)
+    net = ResidualConcatNet().eval()
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.rand(1, 3, 63, 63),), buffer, dynamo=False, opset_version=17,
+                          input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}})
+    proto = onnx.load_from_string(buffer.getvalue())
+    proto.ir_version = 8
+    return blackbox.load(proto, device="cpu", preprocess="raw")
+
+
+@pytest.mark.parametrize("window,stride", [(8, 4), (11, 7), ((5, 9), (3, 5))])
+def test_incremental_equals_full_evaluation_on_a_residual_concat_net(residual_concat_model, window, stride):
+    x = np.random.default_rng(1).random((3, 63, 63), dtype=np.float32)
+    runs = {mode: blackbox.explain(residual_concat_model, x, "occlusion", target=1, score="raw", window=window,
+                                   stride=stride, baseline=0.0, incremental=mode) for mode in (True, False)}
+    assert runs[True].extras["incremental"] and not runs[False].extras["incremental"]
+    want = runs[False].attributions
+    logits = float(np.abs(residual_concat_model.scores(x, score="raw")).max())
+    assert np.abs(want).max() > 1e-3 * logits
+    # an attribution is a difference of two float32 scores: its rounding follows the scores' scale
+    np.testing.assert_allclose(runs[True].attributions, want, rtol=1e-4, atol=1e-6 * logits)
+
+
+@pytest.mark.parametrize("layout,used", [("NHWC", False), ("NCHW", True)])
+def test_incremental_only_where_the_rewrite_applies(layout, used):
+    """Channel-last models run the whole model per window even when asked (the rewrite reads NCHW maps);
+    the attributions are those of full evaluation either way."""
+    model = blackbox.load(conv_classifier(layout=layout, size=24), device="cpu", preprocess="raw")
+    x = np.random.default_rng(3).random((3, 24, 24), dtype=np.float32)
+    x = x.transpose(1, 2, 0) if layout == "NHWC" else x  # the model's own layout
+    runs = [blackbox.explain(model, x, "occlusion", target=0, score="raw", window=6, stride=3,
+                             incremental=mode) for mode in (True, False)]
+    assert runs[0].extras["incremental"] is used and runs[1].extras["incremental"] is False
+    np.testing.assert_allclose(runs[0].attributions, runs[1].attributions, rtol=1e-4,
+                               atol=1e-5 * np.abs(runs[1].attributions).max())
+
+
+@pytest.mark.parametrize("name,preset,atol", [
+    ("mobilenetv2-12-int8.onnx", "imagenet", 1e-5),  # integer arithmetic: the same numbers exactly
+    # float16 activations: the patched layers round like the full ones, up to an ulp of a float16
+    # probability (5e-4 near 1) in the log-probability the default score takes
+    ("squeezenet1.0-fp16.onnx", "caffe", 3e-3)])
+def test_incremental_equals_full_evaluation_on_real_models(name, preset, atol):
+    model = blackbox.load(real("models", name), preprocess=preset, device="cpu")
+    image = str(real("images", "kitten_224.png"))
+    runs = {mode: blackbox.explain(model, image, "occlusion", window=48, stride=44, incremental=mode)
+            for mode in (True, False)}
+    assert runs[True].extras["incremental"] and runs[True].n_evals == runs[False].n_evals == 26
+    want = runs[False].attributions
+    assert np.abs(want).max() > 0.05  # the kitten's windows move the score: a real comparison
+    np.testing.assert_allclose(runs[True].attributions, want, rtol=0, atol=atol)

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import warnings
 
-import numpy as np
-import pytest
-
-import torch as torch  # test extra: missing means a broken install, not a skip
 import captum.attr as captum_attr  # test extra: missing means a broken install, not a skip
-import onnx as onnx  # test extra: missing means a broken install, not a skip
+import numpy as np
+import onnx  # test extra: missing means a broken install, not a skip
+import pytest
+import torch  # test extra: missing means a broken install, not a skip
 
-import blackbox  # noqa: E402
-from blackbox.errors import ParameterError  # noqa: E402
+import blackbox
+from blackbox.errors import ParameterError
 
 CLASSES = 5
 
@@ -49,7 +48,7 @@ class SmallCNN(torch.nn.Module):
         return self.head(torch.flatten(self.features(x), 1))
 
 
-def _export(net: torch.nn.Module, example: torch.Tensor, path) -> "blackbox.Model":
+def _export(net: torch.nn.Module, example: torch.Tensor, path) -> blackbox.Model:
     """TorchScript exporter (dynamo=False), opset 17, dynamic batch; IR 8 so any onnxruntime reads it."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -118,6 +117,17 @@ def test_occlusion_equals_captum(nets, name, window, stride, baseline):
         assert got.shape == expected.shape
         assert np.max(np.abs(expected)) > 0
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=_atol(net, x, expected))
+
+
+@pytest.mark.parametrize("name, window, stride, baseline", [CASES[2], CASES[5]])
+def test_incremental_occlusion_equals_captum(nets, name, window, stride, baseline):
+    """The incremental path (patched convolutions around each window) against Captum's full evaluations."""
+    net, model, x = nets[name]
+    expected = _captum(net, x, window=window, stride=stride, baseline=baseline, target=2)
+    exp = blackbox.explain(model, x[0].numpy(), "occlusion", target=2, score="raw", window=window,
+                           stride=stride, baseline=baseline, incremental=True)
+    assert exp.extras["incremental"] is True
+    np.testing.assert_allclose(exp.attributions, expected, rtol=1e-4, atol=_atol(net, x, expected))
 
 
 def test_default_baseline_differs_from_captum_only_by_the_baseline(nets):
