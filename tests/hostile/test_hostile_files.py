@@ -157,15 +157,22 @@ def test_pixel_limit_is_configurable(tmp_path):
 
 
 def test_strip_within_raised_aspect_limit_runs_in_bounded_memory(tmp_path):
-    """With the aspect limit raised, the 96-byte 1 x 5000 PNG is explained; the overlay is not enlarged
-    past 2048 px on its long side (it was 256 x 1,280,000: 20 GB), and the run fits in 3 GiB."""
+    """With the aspect limit raised, the 96-byte 1 x 5000 PNG is explained; the plain overlay is not
+    enlarged past 2048 px on its long side (it was 256 x 1,280,000: 20 GB), and both the plain overlay and
+    the default figure fit in 1 GiB."""
     image = tmp_path / "strip.png"
     image.write_bytes(real_png(1, 5000))
-    outcome = run_cli(["explain", MODEL, image, "--out", tmp_path / "out"],
-                      env={"BLACKBOX_MAX_IMAGE_ASPECT": "10000"})
-    assert outcome.returncode == 0, outcome.stderr
-    assert cv2.imread(str(tmp_path / "out" / "strip_occlusion.png")).shape == (1, 5000, 3)
-    assert outcome.peak_rss_bytes < 1 << 30
+    env = {"BLACKBOX_MAX_IMAGE_ASPECT": "10000"}
+    plain = run_cli(["explain", MODEL, image, "--out", tmp_path / "plain", "--plain"], env=env)
+    assert plain.returncode == 0, plain.stderr
+    (png,) = (tmp_path / "plain").glob("strip_occlusion_*.png")
+    assert cv2.imread(str(png)).shape == (1, 5000, 3)
+    assert plain.peak_rss_bytes < 1 << 30
+    figure = run_cli(["explain", MODEL, image, "--out", tmp_path / "figure"], env=env)
+    assert figure.returncode == 0, figure.stderr
+    (png,) = (tmp_path / "figure").glob("strip_occlusion_*.png")
+    assert cv2.imread(str(png)).shape[0] > 100  # a panel figure, not the 1-pixel strip
+    assert figure.peak_rss_bytes < 1 << 30
 
 
 def test_out_under_a_regular_file(tmp_path):
