@@ -110,15 +110,23 @@ def reference_score(x: np.ndarray) -> float:
 
 
 def test_a_size_that_is_a_multiple_of_the_batch_stays_symbolic():
-    """[b, c, h, w] -> [b * 2, c / 2, h, w]: the leading size follows the batch (N*2), the rest is fixed."""
+    """[b, c, h, w] -> [b * 2, c / 2, h * w]: the leading size follows the batch (N*2), the rest is fixed;
+    the gradient graph runs at any batch (y = per-sample sums of squares, so dy/dx = 2 x)."""
     nodes = [N("Shape", ["x"], ["s"]), N("Gather", ["s", "i0"], ["b"], axis=0),
              N("Gather", ["s", "i1"], ["c"], axis=0), N("Mul", ["b", "two"], ["b2"]),
              N("Div", ["c", "two"], ["c2"]), N("Concat", ["b2", "c2", "minus1"], ["t"], axis=0),
-             N("Reshape", ["x", "t"], ["r"]), N("ReduceSum", ["r", "ax"], ["y"], keepdims=0)]
-    model = _model(nodes, {"i0": ints(0), "i1": ints(1), "two": ints(2), "minus1": ints(-1), "ax": ints(1, 2)},
-                   out=("N", 3))
-    types = value_types(prepare(model, outputs=["r"]))
+             N("Reshape", ["x", "t"], ["r"]), N("Mul", ["r", "r"], ["sq"]),
+             N("ReduceSum", ["sq", "ax"], ["rs"], keepdims=0), N("Reshape", ["rs", "pairs"], ["y"])]
+    model = _model(nodes, {"i0": ints(0), "i1": ints(1), "two": ints(2), "minus1": ints(-1), "ax": ints(1, 2),
+                           "pairs": ints(-1, 2)}, out=("N", 2))
+    types = value_types(prepare(model, outputs=["y", "r"]))
     assert types["r"][1] == ["N*2", 2, 36]
+    built = build_gradient_model(model, input_name="x", score_name="y")
+    sess = ort.InferenceSession(built.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for batch in (1, 4):
+        x = np.random.default_rng(batch).normal(size=(batch, 4, 6, 6)).astype(np.float32)
+        grad = sess.run([built.output_names[1]], {"x": x, SEED_NAME: np.ones((batch, 2), np.float32)})[0]
+        np.testing.assert_allclose(grad, 2 * x, rtol=1e-6)
 
 
 def test_a_data_dependent_size_is_named_in_the_error():
