@@ -165,21 +165,26 @@ class Stage(nn.Module):
 
 
 class TinySwin(nn.Module):
-    """Swin-T's structure at 32 px: patch 4 (8x8 grid, C=16), stage 1 windows 4 with a shift of 2,
-    patch merging (4x4, C=32), stage 2 windows 2 with a shift of 1; final norm, permute to NCHW,
-    global average pooling, head (torchvision's swin_t)."""
+    """Swin-T's structure (torchvision's swin_t): patch 4, stages of shifted-window blocks (odd blocks
+    shift by half a window unless the window covers the grid) joined by patch merging, final norm,
+    permute to NCHW, global average pooling, head. Default at 32 px: an 8x8 grid with C=16 and windows
+    of 4, then 4x4 with C=32 and windows of 2 (shift 1). ``TinySwin(224, 96, (2, 2, 6, 2), (3, 6, 12, 24),
+    (7, 7, 7, 7))`` is Swin-T's size."""
 
-    def __init__(self, size: int = 32, d: int = 16):
+    def __init__(self, size: int = 32, d: int = 16, depths=(2, 2), heads=(2, 2), windows=(4, 2)):
         super().__init__()
         g = size // 4
         self.patch, self.patch_norm = nn.Conv2d(3, d, 4, 4), _jitter_norm(nn.LayerNorm(d))
-        self.layers = nn.ModuleList([
-            Stage([SwinBlock(d, 2, g, 4, 0), SwinBlock(d, 2, g, 4, 2)]),
-            PatchMerging(d),
-            Stage([SwinBlock(2 * d, 2, g // 2, 2, 0), SwinBlock(2 * d, 2, g // 2, 2, 1)]),
-        ])
-        self.norm, self.head = _jitter_norm(nn.LayerNorm(2 * d)), nn.Linear(2 * d, K)
-        self.grid = (g // 2, g // 2)
+        stages: list[nn.Module] = []
+        for i, (depth, h, ws) in enumerate(zip(depths, heads, windows)):
+            if i:
+                stages.append(PatchMerging(d))
+                d, g = 2 * d, g // 2
+            shift = ws // 2 if g > ws else 0
+            stages.append(Stage([SwinBlock(d, h, g, ws, shift if j % 2 else 0) for j in range(depth)]))
+        self.layers = nn.ModuleList(stages)
+        self.norm, self.head = _jitter_norm(nn.LayerNorm(d)), nn.Linear(d, K)
+        self.grid = (g, g)
 
     @property
     def cam_module(self) -> nn.Module:
