@@ -28,7 +28,7 @@ def server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("serve-real-images")
     for name in ("kitten_224.png", "coyote.jpg", "flamingo.jpg"):
         shutil.copy(real("images", name), folder / name)
-    app = create_app(mobilenet(), str(folder), am_steps=6)
+    app = create_app(mobilenet(), str(folder), am_steps=3)
     with running_server(app) as url:
         yield url
 
@@ -127,7 +127,7 @@ def test_layer_grid_and_a_unit(page, tmp_path):
     for kind in ("top-images", "maximization"):
         page.locator(f"img[data-kind='{kind}']").wait_for(state="visible", timeout=TIMEOUT_MS)
     assert _shot(page.locator("img[data-kind='maximization']")).std() > 10
-    assert "6 steps" in page.locator("#unit-am .facts").inner_text()
+    assert "3 steps" in page.locator("#unit-am .facts").inner_text()
     sources = page.locator("#unit-top .facts").inner_text()
     assert any(name in sources for name in ("kitten_224.png", "coyote.jpg", "flamingo.jpg"))
     page.screenshot(path=str(tmp_path / "6_unit.png"), full_page=True)

@@ -283,9 +283,18 @@ function explainIn(panel, method) {
     (result, job) => {
       const value = result.target_score === null ? "?" : result.target_score.toPrecision(4);
       const cached = job.cached ? ", cached" : "";
-      return `${result.label} · ${result.score} ${value} · ${result.seconds} s${cached}`;
+      return `${result.label} · ${result.score} ${value} · ${result.seconds} s${cached} · ${colourKey(result)}`;
     },
   );
+}
+
+// How to read the colours: the overlay uses a diverging map for signed maps, jet for the others.
+function colourKey(result) {
+  const low = result.map_min;
+  const high = result.map_max;
+  if (low === null || high === null) return "map has no finite values";
+  const range = `${low.toPrecision(3)} … ${high.toPrecision(3)}`;
+  return low < 0 ? `blue against, red for the class (map ${range})` : `blue low, red high (map ${range})`;
 }
 
 // ------------------------------------------------------------------ layers and units
@@ -359,7 +368,11 @@ function openUnit(unit) {
   if (state.info.folder) {
     panels.top.run(
       () => postJSON("/api/units/top", {layer, channel: unit}),
-      (result) => "from the left: " + result.top.map((t) => `${t.source} (${t.score.toPrecision(3)})`).join(", "),
+      (result) => {
+        const listed = result.top.map((t) => `${t.source} (${t.score.toPrecision(3)})`).join(", ");
+        const dead = result.top.every((t) => t.score <= 0) ? " — this unit stays at 0 on every folder picture" : "";
+        return `from the left: ${listed}${dead}`;
+      },
     );
   } else {
     panels.top.reset();
