@@ -128,3 +128,17 @@ def test_layout_reaches_the_cli_parameter_list():
         spec = METHODS[name]
         assert spec.parameters()["layout"] == "auto"
         assert spec.params["layout"].choices == ("auto", "nchw", "nhwc", "tokens")
+
+
+def test_batched_cams_read_tokens_like_single_ones():
+    """explain_many's batched Grad-CAM and guided Grad-CAM (one tapped call for several images, each its
+    own target) equal one call per image on the token layer."""
+    model = vit("torchscript")[2]
+    torch.manual_seed(1)
+    xs = list(torch.randn(3, 3, 32, 32).numpy())
+    for method in ("grad_cam", "guided_grad_cam"):
+        many = list(blackbox.explain_many(model, xs, method, targets=[1, 4, 8], score="raw", batch_size=3))
+        for x, target, e in zip(xs, (1, 4, 8), many):
+            one = blackbox.explain(model, x, method, target=target, score="raw")
+            assert e.extras["layout"] == "tokens" and e.target == target
+            np.testing.assert_allclose(e.attributions, one.attributions, rtol=1e-5, atol=1e-6)
