@@ -258,10 +258,26 @@ def _ancestors(graph: onnx.GraphProto, start: str) -> set[str]:
     return seen
 
 
+_ATTENTION_PASS = {"Cast", "Identity", "Dropout", "Where", "Mul", "Reshape"}  # masks, casts between
+
+
 def _attention_softmax(graph: onnx.GraphProto) -> onnx.NodeProto | None:
-    """The last Softmax whose output a MatMul reads (attention weights times values), if any."""
-    readers = {name for node in graph.node if node.op_type in ("MatMul", "Einsum") for name in node.input}
-    found = [node for node in graph.node if node.op_type == "Softmax" and node.output[0] in readers]
+    """The last Softmax whose output a MatMul reads (attention weights times values, a few casts or masks
+    in between), if any; a classifier's output Softmax is read by nothing of the kind."""
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def weighs_values(tensor: str, steps: int = 3) -> bool:
+        for node in consumers.get(tensor, []):
+            if node.op_type in ("MatMul", "Einsum"):
+                return True
+            if steps and node.op_type in _ATTENTION_PASS and any(weighs_values(o, steps - 1) for o in node.output):
+                return True
+        return False
+
+    found = [node for node in graph.node if node.op_type == "Softmax" and weighs_values(node.output[0])]
     return found[-1] if found else None
 
 

@@ -24,6 +24,7 @@ NCHW, NHWC, TOKENS = "nchw", "nhwc", "tokens"
 LAYOUTS = (NCHW, NHWC, TOKENS)  # the spatial readings a user can ask for
 _NCT = "nct"  # internal: a flattened NCHW map [N, C, extra + h*w], on its way to tokens
 _NHW = "nhw"  # internal: a single-channel image [N, H, W]
+_NGCHW = "ngchw"  # internal: an NCHW map with its channels split over several axes (ShuffleNet's shuffle)
 MAX_EXTRA = 4  # class/distillation/register tokens in front of the patch tokens, at most
 
 
@@ -88,6 +89,8 @@ def _fits(tag: Tag, shape: Sequence[int]) -> Tag | None:
         return Tag(tag.layout, grid) if grid else None
     if tag.layout == _NHW:
         return Tag(_NHW, (shape[1], shape[2])) if len(shape) == 3 else None
+    if tag.layout == _NGCHW:
+        return Tag(_NGCHW, (shape[-2], shape[-1])) if len(shape) > 4 else None
     if len(shape) != 3:
         return None
     count = shape[1] if tag.layout == TOKENS else shape[2]
@@ -104,6 +107,9 @@ def _transpose(node, tags, shapes, consts):
         return None
     moves = {(NCHW, (0, 2, 3, 1)): NHWC, (NHWC, (0, 3, 1, 2)): NCHW, (TOKENS, (0, 2, 1)): _NCT,
              (_NCT, (0, 2, 1)): TOKENS}
+    rank = len(perm)
+    if tag.layout == _NGCHW and perm[0] == 0 and perm[-2:] == [rank - 2, rank - 1]:
+        return tag  # channel groups swapped, positions untouched
     layout = moves.get((tag.layout, tuple(perm)))
     if layout is None:
         return None
@@ -122,6 +128,8 @@ def _reshape(node, tags, shapes, consts):
         return tag
     if tag.layout == NCHW and list(after) == [n, before[1], h * w]:
         return Tag(_NCT, tag.grid)
+    if tag.layout in (NCHW, _NGCHW) and len(after) >= 4 and after[0] == n and list(after[-2:]) == [h, w]:
+        return Tag(NCHW if len(after) == 4 else _NGCHW, tag.grid)  # channels split into groups or joined
     if tag.layout == NHWC and list(after) == [n, h * w, before[3]]:
         return Tag(TOKENS, tag.grid)
     if tag.layout in (TOKENS, _NCT) and tag.extra == 0 and len(after) == 4:

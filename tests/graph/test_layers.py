@@ -191,3 +191,35 @@ def test_readings_of_a_tensor_without_a_layout():
     back = reading.unmaps(maps, tokens.shape)
     np.testing.assert_array_equal(back[:, 1:], values[:, 1:])
     assert not back[:, 0].any()
+
+
+def test_channel_shuffle_keeps_the_maps_under_a_dynamic_batch():
+    """ShuffleNet's shuffle (view to [N, g, C/g, h, w], swap the groups, view back) keeps positions: the
+    maps after it stay NCHW, with the sizes TorchScript computes at run time learned by the probe run,
+    and the CAM layer is the last map before the global pooling."""
+    import io
+
+    import torch
+
+    class Shuffle(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Conv2d(3, 8, 3, 2, 1), torch.nn.Conv2d(8, 8, 3, 1, 1, groups=2)
+            self.head = torch.nn.Linear(8, 4)
+
+        def forward(self, x):
+            y = torch.relu(self.a(x))
+            n, c, h, w = y.shape
+            y = y.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, -1, h, w)
+            y = torch.relu(self.b(y))
+            return self.head(y.mean((2, 3)))
+
+    f = io.BytesIO()
+    torch.onnx.export(Shuffle().eval(), (torch.randn(2, 3, 16, 16),), f, dynamo=False, opset_version=17,
+                      input_names=["input"], output_names=["logits"],
+                      dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
+    model = blackbox.load(onnx.load_from_string(f.getvalue()), device="cpu")
+    relus = [layer for layer in model.layers() if layer.op_type == "Relu"]
+    assert [(layer.layout, layer.shape) for layer in relus] == [("nchw", (8, 8, 8))] * 2
+    reduce = next(node for node in model.float_graph().graph.node if node.op_type == "ReduceMean")
+    assert model.default_cam_layer() == relus[-1].name == reduce.input[0]
