@@ -207,7 +207,8 @@ def discover_layers(model: onnx.ModelProto) -> list[Layer]:
     copy's own helpers (``dq/...``: the clip, scale and rounding steps of fake quantization) are left out."""
     shapes = tensor_shapes(model)
     tags = follow_layouts(model, shapes)
-    if not any(public_tag(tag) for tag in tags.values()):
+    produced = [out for node in model.graph.node for out in node.output]
+    if not any(public_tag(tags.get(name)) for name in produced):
         tags = _shape_only_tags(shapes)
     renamed = original_names(model)
     inputs = {value.name for value in model.graph.input}

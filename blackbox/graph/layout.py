@@ -196,10 +196,25 @@ def _same_rank(node, tags, shapes, consts):
     return results
 
 
-_LOSES = {"MatMulInteger", "Einsum", "Gemm", "Gather", "GatherElements", "GatherND", "Shape", "Size",
-          "ArgMax", "ArgMin", "TopK", "NonZero", "SpaceToDepth", "DepthToSpace", "Tile", "Expand"}
+def _gather(node, tags, shapes, consts):
+    """Channels picked from a map (Inception's ``transform_input`` reads x[:, 0]): still a map, or a
+    single-channel one [N, h, w] when the index is a scalar."""
+    tag, out = tags.get(node.input[0]), shapes.get(node.output[0])
+    axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+    if tag is None or tag.layout not in (NCHW, NHWC) or not out:
+        return None
+    if axis % 4 != (1 if tag.layout == NCHW else 3):
+        return None
+    if len(out) == 3:
+        return Tag(_NHW, tag.grid) if tuple(out[1:]) == tag.grid else None
+    return _fits(tag, out)
+
+
+_LOSES = {"MatMulInteger", "Einsum", "Gemm", "GatherElements", "GatherND", "Shape", "Size", "ArgMax", "ArgMin",
+          "TopK", "NonZero", "Tile", "Expand"}
 _RULES: dict[str, Callable] = {"Transpose": _transpose, "Reshape": _reshape, "Flatten": _reshape,
-                               "Squeeze": _reshape, "Unsqueeze": _reshape, "Concat": _concat, "MatMul": _matmul}
+                               "Squeeze": _reshape, "Unsqueeze": _reshape, "Concat": _concat, "MatMul": _matmul,
+                               "Gather": _gather}
 
 
 def image_tag(shape: Sequence) -> Tag | None:

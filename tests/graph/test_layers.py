@@ -223,3 +223,29 @@ def test_channel_shuffle_keeps_the_maps_under_a_dynamic_batch():
     assert [(layer.layout, layer.shape) for layer in relus] == [("nchw", (8, 8, 8))] * 2
     reduce = next(node for node in model.float_graph().graph.node if node.op_type == "ReduceMean")
     assert model.default_cam_layer() == relus[-1].name == reduce.input[0]
+
+
+def test_channels_picked_from_the_input_stay_maps():
+    """Inception v3's ``transform_input``: x[:, c] (a Gather on the channel axis), rescaled, unsqueezed and
+    concatenated back (here after a first conv): the convolution after it is still an NCHW map."""
+    import io
+
+    import torch
+
+    class Transformed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.conv = torch.nn.Conv2d(3, 3, 1), torch.nn.Conv2d(3, 4, 3, 1, 1)
+            self.head = torch.nn.Linear(4, 2)
+
+        def forward(self, x):
+            x = self.stem(x)
+            x = torch.cat([(x[:, c] * (0.2 + c) + 0.1).unsqueeze(1) for c in range(3)], 1)
+            return self.head(torch.relu(self.conv(x)).mean((2, 3)))
+
+    f = io.BytesIO()
+    torch.onnx.export(Transformed().eval(), (torch.randn(1, 3, 8, 8),), f, dynamo=False, opset_version=17,
+                      input_names=["input"], output_names=["logits"])
+    model = blackbox.load(onnx.load_from_string(f.getvalue()), device="cpu")
+    relu = next(layer for layer in model.layers() if layer.op_type == "Relu")
+    assert (relu.layout, relu.grid) == ("nchw", (8, 8)) and model.default_cam_layer() == relu.name
