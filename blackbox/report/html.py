@@ -7,9 +7,17 @@ it (``window.__blackbox = {...}``: a ``<script src>`` works from ``file://``, wh
 the script draws from it a paginated grid of images x methods (filters by predicted class, method, status,
 file name and a metric range; sorting by any metric of any method), a paginated metrics table (click a
 header to sort the filtered rows) and the sanity-check curves. Pictures are files under ``thumbs/``
-(JPEG thumbnails of the overlays, PNG curve plots), loaded lazily as they scroll into view, each linking to
-the full-size overlay under ``items/``. They are named by a digest of what they show, so a later run (or
+(JPEG thumbnails of the overlays and of the originals, PNG curve plots, one PNG strip per colour map),
+loaded lazily as they scroll into view. They are named by a digest of what they show, so a later run (or
 ``--resume``) reuses them and replaces only what changed.
+
+Each grid row is one image: its name, a target selector when the image has several targets (the page has
+one too: "show every image's #k target"), the probability, logit and log-probability of the selected
+target, its top-k, a button to compare two methods side by side (large, the same image and target), and
+the original picture (the model's crop outlined, linking to the file). Each map: its overlay (a click
+opens the full-size PNG in a lightbox), the colour bar in the map's own units (the overlay's exact range,
+:mod:`blackbox.report.colorbar`), the explained score and metrics, links to the overlay PNG and the NPZ,
+the record's notes as warnings, and the deletion/insertion curves.
 
 Every string that comes from the model (labels, metadata), from file names or from errors is untrusted: in
 the page it is passed through :func:`html.escape`; in the data it is JSON with ``<``, ``>``, ``&`` and the
@@ -70,7 +78,7 @@ justify-content:center}.modal[hidden]{display:none}.modal .box{background:#fff;p
 max-width:96vw;max-height:94vh;overflow:auto;position:relative}.modal .close{position:absolute;right:8px;top:6px;
 font-size:20px;border:0;background:none;cursor:pointer}#lightbox-img{display:block;width:min(90vw,1100px);height:76vh;
 object-fit:contain;image-rendering:pixelated;margin-top:6px}.modal .box>.cap{padding-right:28px}.pair{display:flex;gap:14px;align-items:flex-start}.pair figure{margin:0;
-text-align:center}.pair img.big{display:block;width:min(44vw,640px);image-rendering:pixelated}.pair .cbar{max-width:none}
+text-align:center}.pair img.big{display:block;width:min(44vw,640px);image-rendering:pixelated}.pair .cbar{max-width:none}#lightbox-bar,#lightbox-notes{max-width:40em}
 table.jsort th{cursor:pointer;user-select:none}
 table.jsort th[aria-sort=ascending]::after{content:" \\25B2"}table.jsort th[aria-sort=descending]::after{content:" \\25BC"}
 """
@@ -169,8 +177,8 @@ b.appendChild(picture(r.th,M[r.m]+' overlay',eager,'thumb'));b.addEventListener(
 td.appendChild(b);}else td.appendChild(el('div',{cls:'bad',text:'overlay missing'}));
 var bar=colorbar(r);if(bar)td.appendChild(bar);
 var cap=el('div',{cls:'cap'});cap.appendChild(document.createTextNode(explained(r)));
-if(x.deletion_auc!==undefined||x.insertion_auc!==undefined)cap.appendChild(document.createTextNode(
-' \u00b7 del '+fmt(x.deletion_auc)+' \u00b7 ins '+fmt(x.insertion_auc)));
+if(x.deletion_auc!==undefined)cap.appendChild(document.createTextNode(' \u00b7 del '+fmt(x.deletion_auc)));
+if(x.insertion_auc!==undefined)cap.appendChild(document.createTextNode(' \u00b7 ins '+fmt(x.insertion_auc)));
 ['mask','box'].forEach(function(g){if(x['share_'+g]!==undefined&&x['share_'+g]!==null){cap.appendChild(el('br'));
 cap.appendChild(document.createTextNode(g+': '+fmt(x['pointing_'+g])+', saliency share '+fmt(x['share_'+g])+
 ' (area '+fmt(x['area_'+g])+')'));}});td.appendChild(cap);
@@ -242,7 +250,9 @@ function zoom(r){$('lightbox-cap').textContent=I[r.i].n+' \u00b7 '+M[r.m]+' \u00
 targetText((I[r.i].ts||[])[r.q||0])+' \u00b7 '+explained(r);var old=$('lightbox-img');if(old)old.parentNode.removeChild(old);
 var im=picture(r.o||r.th,M[r.m]+' overlay, full size',true);im.id='lightbox-img';lb.firstChild.appendChild(im);
 var bar=colorbar(r),oldbar=$('lightbox-bar');if(oldbar)oldbar.parentNode.removeChild(oldbar);
-if(bar){bar.id='lightbox-bar';lb.firstChild.appendChild(bar);}lb.hidden=false;}
+if(bar){bar.id='lightbox-bar';lb.firstChild.appendChild(bar);}var oldnt=$('lightbox-notes');
+if(oldnt)oldnt.parentNode.removeChild(oldnt);var nt=notes(r);if(nt){nt.id='lightbox-notes';lb.firstChild.appendChild(nt);}
+lb.hidden=false;}
 $('lightbox-close').addEventListener('click',function(){lb.hidden=true;});
 lb.addEventListener('click',function(e){if(e.target===lb)lb.hidden=true;});
 M.forEach(function(m,k){opt(ca,String(k),m);opt(cbm,String(k),m);});
