@@ -288,3 +288,15 @@ def test_legend_is_outside_the_axes(size, names):
         assert len(below) > 0  # its swatch is in the legend box
         ex, ey = place["entries"][k]
         assert ly0 <= ey - 3 <= ly1 and lx0 <= ex <= lx1
+
+
+# ------------------------------------------------------------------------------------ progress bars
+
+def test_progress_bars_only_when_asked(tmp_path, shapes_model, capfd):
+    run_report(shapes_model, IMAGES, _config(tmp_path / "quiet", target="top2"), progress=False)
+    assert capfd.readouterr().err == ""
+    run_report(shapes_model, IMAGES, _config(tmp_path / "bars", target="top2"), progress=True)
+    err = capfd.readouterr().err
+    assert "report: 100%" in err and "4/4" in err  # the items
+    assert "report page: 100%" in err  # the page's pictures
+    assert "findings" in err
