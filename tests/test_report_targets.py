@@ -57,6 +57,7 @@ def test_parse_targets(shapes_model):
     slots = parse_targets(shapes_model, "star, 0,circle")
     assert [(s.name, s.index, s.token) for s in slots] == [("c3", 3, "star"), ("c0", 0, "0")]  # circle = 0
     assert parse_targets(shapes_model, "square")[0].token == "square"  # one class: the text as given
+    assert parse_targets(shapes_model, 3)[0].token == 3 and parse_targets(shapes_model, 3)[0].name == "c3"
     for bad in ("hexagon", "circle,hexagon", "circle,,star", "top0", "top2,circle", "7"):
         with pytest.raises(ParameterError):
             parse_targets(shapes_model, bad)

@@ -36,7 +36,7 @@ class TargetSlot:
     truth class ``truth`` (a label or index resolved per image)."""
 
     name: str
-    token: str | None
+    token: Any
     rank: int | None = None
     index: int | None = None
     truth: str | None = None
@@ -45,12 +45,12 @@ class TargetSlot:
 DEFAULT = (TargetSlot(name="top1", token=None, rank=1),)
 
 
-def parse_targets(model: Any, text: str | None) -> tuple[TargetSlot, ...]:
+def parse_targets(model: Any, text: str | int | None) -> tuple[TargetSlot, ...]:
     """``--target`` -> the slots every image gets (unless it has a truth target). A bad class, an empty
     item or ``top0`` is the user's mistake: one-line ParameterError before any work."""
     if text is None or not str(text).strip():
         return DEFAULT
-    text = str(text).strip()
+    given, text = text, str(text).strip()
     found = _TOP.match(text)
     if found:
         k = int(found.group(1))
@@ -61,7 +61,9 @@ def parse_targets(model: Any, text: str | None) -> tuple[TargetSlot, ...]:
             return DEFAULT
         return tuple(TargetSlot(name=f"top{r}", token=f"top{r}", rank=r) for r in range(1, k + 1))
     try:  # one class, even one whose label holds commas
-        return (TargetSlot(name=f"c{model.class_index(text)}", token=text, index=model.class_index(text)),)
+        index = model.class_index(text)
+        # the token as given (an int from Python stays an int): the hash of a single-target run as before
+        return (TargetSlot(name=f"c{index}", token=given, index=index),)
     except BlackboxError as whole:
         if "," not in text:
             raise ParameterError(f"--target: {whole}") from None
