@@ -70,6 +70,12 @@ def _max_pool_by_offsets(ctx, node, g):
     float32 positions, or the window is large (the caller then uses the Indices output).
     An infinite input turns its neighbours' unfolded values into NaN: those windows then send their
     gradient to their last element instead of their maximum.
+
+    Alternatives measured on ONNX Runtime 1.31 (3x3/2 windows over [256, 1, 112, 112], CPU ms, one
+    thread unless noted) and rejected: the unfold as nine strided Slices 25 (two threads); a float64
+    position-tagged key through MaxPool 21 for the pool alone; ArgMax over the unfolded axis 6 against
+    ReduceMin's 1.2; a broadcasting Where instead of Cast+Mul 50; Sub+Sign+Add instead of
+    Equal+Cast+Mul 15 against 8.6; flat or ScatterND scatters no faster than this one (3.5).
     """
     x, y = node.input[0], node.output[0]
     n, k, s, d, pb, _pe = spatial_attrs(ctx, node, x)
