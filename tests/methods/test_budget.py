@@ -228,3 +228,14 @@ def test_bad_budget_parameters(detector, method, params):
     model, image = detector
     with pytest.raises(ParameterError, match="budget|tolerance"):
         blackbox.explain(model, image, method, progress=False, **params)
+
+
+def test_explain_many_auto_equals_one_by_one(detector):
+    model, image = detector
+    other, _ = concept_image("red", box=(2, 12, 18, 30))
+    params = {"n_masks": 4000, "budget": "auto", "quasi_random": True, "grid": 4}
+    many = list(blackbox.explain_many(model, [image, other], "rise", targets=0, seed=2, **params))
+    for picture, batched in zip([image, other], many):
+        alone = blackbox.explain(model, picture, "rise", target=0, seed=2, progress=False, **params)
+        assert batched.n_evals == alone.n_evals < 4000
+        assert np.allclose(batched.model_heatmap, alone.model_heatmap, atol=1e-6)
