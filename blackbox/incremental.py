@@ -1,4 +1,5 @@
-"""Run :mod:`blackbox.graph.incremental` for a model: the clean pass, the patched graph, the batches.
+"""Run :mod:`blackbox.graph.incremental` for a model: the clean pass, the patched graph, the batches;
+and :func:`window_scores`, occlusion's full-evaluation path (:mod:`blackbox.graph.window_masks`).
 
 :func:`local_scores` scores samples that differ from one image only inside a box per sample (occlusion
 windows): one clean forward pass keeps every activation, then each batch runs the rewritten graph on the
@@ -17,9 +18,19 @@ import onnx
 from onnx import TensorProto, helper
 
 from . import runtime
-from .graph.compose import SCORES, TARGETS, X, _Builder, _score_head, forward_graph
+from .graph.compose import (
+    BASELINE,
+    SCORES,
+    TARGETS,
+    X_IN,
+    X,
+    _Builder,
+    _score_head,
+    forward_graph,
+)
 from .graph.incremental import PATCH, IncrementalPlan, clean_feeds, incremental_graph
 from .graph.onnx_utils import finish_model
+from .graph.window_masks import HX, HY, window_graph
 
 MODES = ("auto", True, False)
 # "auto" uses the patched graph when it is estimated to cost at most this fraction of full evaluation
@@ -40,6 +51,7 @@ class _ModelCache:
     def __init__(self):
         self.clean: dict[str, tuple[object, list[str]]] = {}
         self.patched: dict[tuple, _Patched] = {}
+        self.windows: dict[str, runtime.Runner] = {}
 
 
 def applicable(model) -> bool:
@@ -136,3 +148,19 @@ def local_scores(model, activations: dict[str, np.ndarray], entry: _Patched, pat
             progress(stop - start)
         start = stop
     return runtime.check_finite(np.concatenate(out), "perturbed inputs")
+
+
+def window_scores(model, x: np.ndarray, baseline: np.ndarray, hy: np.ndarray, hx: np.ndarray, *,
+                  targets: Sequence[int], score: str, progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """Scores [N, T] of the whole model on ``x + (baseline - x) * hy * hx`` (x, baseline [C, H, W] in
+    model space; one window per row of ``hy`` [N, 1|C, H, 1] and ``hx`` [N, 1, 1, W])."""
+    cache = _cache(model)
+    if score not in cache.windows:
+        graph = window_graph(model.graph, model.image, model.output, score=score, constants=dict(model.constants))
+        cache.windows[score] = runtime.Runner(runtime.make_session(graph, model.device), model.device,
+                                              model.batch_size(), SCORES)
+    fixed = {X_IN: np.asarray(x, np.float32)[None], BASELINE: np.asarray(baseline, np.float32).reshape((1, *np.shape(x))),
+             TARGETS: np.asarray(list(targets), np.int64)}
+    out = cache.windows[score].run(fixed, {HY: np.asarray(hy, np.float32), HX: np.asarray(hx, np.float32)},
+                                   progress=progress)
+    return runtime.check_finite(out, "perturbed inputs")

@@ -113,26 +113,35 @@ def occlusion(ctx: Context, *, window=None, stride=None, baseline="mean", increm
     worth it; True does so whenever the model allows it; False always runs the whole model per window.
     The attributions are the same either way, to float tolerance."""
     plan = plan_windows(ctx.shape, ctx.model.layout, window, stride)
-    _, height, width = ctx.shape
     base = make_baseline(ctx.model, ctx.sample, baseline)
     if incremental is not False and incremental_runner.applicable(ctx.model):
         found = _incremental_scores(ctx, plan, base, forced=incremental is True)
         if found is not None:
             return window_result(plan, found[0], found[1], ctx.shape, ctx.model.layout, incremental=True)
+    hy, hx = window_vectors(plan)
     with ctx.bar(len(plan.masks) + 1, "occlusion") as bar:
-        full = ctx.model.score_masks(ctx.x, np.ones((1, 1, 1, 1), np.float32), baseline=base, targets=[ctx.target],
-                                     score=ctx.score, ry=np.ones((height, 1), np.float32),
-                                     rx=np.ones((width, 1), np.float32))[0, 0]
-        bar.update(1)
-        occluded = ctx.model.score_masks(ctx.x, 1.0 - plan.masks, baseline=base, targets=[ctx.target],
-                                         score=ctx.score, ry=plan.ry, rx=plan.rx, progress=bar.update)[:, 0]
-    return window_result(plan, full, occluded, ctx.shape, ctx.model.layout)
+        # row 0 hides nothing: the unoccluded score comes from the same graph, in the same batches
+        scores = incremental_runner.window_scores(
+            ctx.model, ctx.x, base, np.concatenate([np.zeros_like(hy[:1]), hy]),
+            np.concatenate([np.zeros_like(hx[:1]), hx]), targets=[ctx.target], score=ctx.score,
+            progress=bar.update)[:, 0]
+    return window_result(plan, scores[0], scores[1:], ctx.shape, ctx.model.layout)
 
 
-def window_boxes(plan: WindowPlan) -> np.ndarray:
+def window_vectors(plan: WindowPlan) -> tuple[np.ndarray, np.ndarray]:
+    """Each window as the outer product of its hidden rows (times its channels) and columns: ``hy``
+    [K, Cm, H, 1] and ``hx`` [K, 1, 1, W], 0/1 float32 (see :mod:`blackbox.graph.window_masks`)."""
+    rows = ((plan.masks.max(axis=(1, 3)) @ plan.ry.T) > 0).astype(np.float32)  # [K, H]
+    cols = ((plan.masks.max(axis=(1, 2)) @ plan.rx.T) > 0).astype(np.float32)  # [K, W]
+    hy = rows[:, None, :, None]
+    if plan.masks.shape[1] > 1:  # windows that cut channels
+        hy = hy * (plan.masks.max(axis=(2, 3)) > 0).astype(np.float32)[:, :, None, None]
+    return np.ascontiguousarray(hy), np.ascontiguousarray(cols[:, None, None, :])
+
+
+def window_boxes(hy: np.ndarray, hx: np.ndarray) -> np.ndarray:
     """[K, 4] (row0, row1, col0, col1; end exclusive): the pixels each window hides."""
-    rows = (plan.masks.max(axis=(1, 3)) @ plan.ry.T) > 0  # [K, H]
-    cols = (plan.masks.max(axis=(1, 2)) @ plan.rx.T) > 0  # [K, W]
+    rows, cols = hy.max(axis=1)[:, :, 0] > 0, hx[:, 0, 0, :] > 0
     first_rows, first_cols = rows.argmax(axis=1), cols.argmax(axis=1)
     end_rows, end_cols = rows.shape[1] - rows[:, ::-1].argmax(axis=1), cols.shape[1] - cols[:, ::-1].argmax(axis=1)
     return np.stack([first_rows, end_rows, first_cols, end_cols], axis=1)
@@ -140,30 +149,27 @@ def window_boxes(plan: WindowPlan) -> np.ndarray:
 
 def _incremental_scores(ctx: Context, plan: WindowPlan, base: np.ndarray, forced: bool):
     """(unoccluded score, occluded scores [K]) by incremental inference, or None when it does not apply
-    or (``forced`` False) is estimated to save too little."""
+    or (``forced`` False) is estimated to save too little. The window rectangles are blended as the
+    window graph blends them, ``x + (baseline - x) * hy * hx``, so both paths see the same pixels."""
     model = ctx.model
     x = np.asarray(ctx.x, np.float32)
-    base = np.asarray(base, np.float32).reshape(x.shape)
-    diff = x - base
-    clean_x = base + diff * np.float32(1.0)  # the unoccluded image exactly as the mask graph blends it
+    diff = np.asarray(base, np.float32).reshape(x.shape) - x
+    hy, hx = window_vectors(plan)
     with ctx.bar(len(plan.masks) + 1, "occlusion") as bar:
-        scores, activations = incremental_runner.clean_pass(model, clean_x, ctx.score)
-        boxes = window_boxes(plan)
+        scores, activations = incremental_runner.clean_pass(model, x, ctx.score)
         key = ("occlusion", plan.window, plan.stride, ctx.shape)
-        entry = incremental_runner.patched(model, activations, boxes, ctx.score, key)
+        entry = incremental_runner.patched(model, activations, window_boxes(hy, hx), ctx.score, key)
         if entry.plan is None or (not forced and entry.plan.estimated_ratio > incremental_runner.AUTO_RATIO):
             return None
         bar.update(1)
-        region = entry.plan.region
-        (ph, pw), starts = region.size, region.starts
-        keep = 1.0 - plan.masks  # [K, Cm, h, w]
+        (ph, pw), starts = entry.plan.region.size, entry.plan.region.starts
 
         def patches(start: int, stop: int) -> np.ndarray:
             out = np.empty((stop - start, x.shape[0], ph, pw), np.float32)
             for i, k in enumerate(range(start, stop)):
                 r, c = starts[k]
-                window = plan.ry[r:r + ph] @ keep[k] @ plan.rx[c:c + pw].T  # [Cm, ph, pw]
-                out[i] = base[:, r:r + ph, c:c + pw] + diff[:, r:r + ph, c:c + pw] * window
+                hidden = hy[k, :, r:r + ph] * hx[k, :, :, c:c + pw]  # [Cm, ph, pw]
+                out[i] = x[:, r:r + ph, c:c + pw] + diff[:, r:r + ph, c:c + pw] * hidden
             return out
 
         occluded = incremental_runner.local_scores(model, activations, entry, patches, targets=[ctx.target],
