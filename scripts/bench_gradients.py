@@ -6,7 +6,8 @@
     d image: forward and backward in one graph) against one run of the forward graph as
     ``Model.scores`` builds it (image -> scores). Same ONNX Runtime options (ORT_ENABLE_ALL), same
     intra-op threads, same inputs, runs alternated; the figure is best-of-R gradient time / best-of-R
-    forward time (the median of the paired ratios is printed too). Because wall-clock time on a shared
+    forward time (the median of the paired ratios is printed too). PyTorch's own ratio on the same
+    network and batch (forward under no_grad vs forward + input gradient) is printed beside it. Because wall-clock time on a shared
     machine is noisy, the same ratio is also printed from ONNX Runtime's profiler: the sum over nodes of
     each node's best kernel time. ``--profile`` adds the per-op-type split of the gradient graph.
 (2) integrated gradients, 50 Gauss-Legendre steps, one image: ``blackbox.explain(model, x,
@@ -38,14 +39,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the torch model builders
 
-import onnxruntime as ort  # noqa: E402
-import torch  # noqa: E402
+import onnxruntime as ort
+import torch
+from torch_models import MODELS, LogitsOnly, export_logits
 
-import blackbox  # noqa: E402
-from blackbox.graph.autodiff import build_gradient_model  # noqa: E402
-from blackbox.graph.compose import SCORES, X, forward_graph  # noqa: E402
-from blackbox.runtime import _session_options  # noqa: E402
-from torch_models import MODELS, LogitsOnly, export_logits  # noqa: E402
+import blackbox
+from blackbox.graph.autodiff import build_gradient_model
+from blackbox.graph.compose import SCORES, X, forward_graph
+from blackbox.runtime import _session_options
 
 TARGET = 3
 
@@ -96,6 +97,7 @@ def backward_vs_forward(size: int, batch: int, threads: int, repeats: int, profi
           f"forward {best_f * 1e3:.2f} ms, forward+backward {best_g * 1e3:.2f} ms -> ratio {best_g / best_f:.2f} "
           f"(median of paired ratios {statistics.median(ratios):.2f}); "
           f"nodes {len(fwd.graph.node)} forward, {len(grad.model.graph.node)} gradient")
+    torch_backward_vs_forward(size, x, threads, repeats, best_g)
     kernel_f, _ = kernel_times(fwd, {X: x}, threads, repeats)
     kernel_g, by_op = kernel_times(grad.model, {X: x, "seed": seed}, threads, repeats)
     print(f"    ONNX Runtime profiler, sum over nodes of each node's best kernel time: forward {kernel_f / 1e3:.2f} ms, "
@@ -103,6 +105,29 @@ def backward_vs_forward(size: int, batch: int, threads: int, repeats: int, profi
     if profile:
         print("    gradient graph kernel time by op: "
               + ", ".join(f"{op} {100 * t / kernel_g:.0f}%" for op, t in by_op.most_common(10)))
+
+
+def torch_backward_vs_forward(size: int, x: np.ndarray, threads: int, repeats: int, ours: float) -> None:
+    """The same ratio for PyTorch on the same network and inputs: forward under no_grad against forward
+    plus the input gradient of score[target] (parameters frozen: the least work autograd can do)."""
+    net, _ = build(size)
+    net.requires_grad_(False)
+    torch.set_num_threads(threads)
+    xt = torch.from_numpy(x)
+
+    def forward():
+        with torch.no_grad():
+            net(xt)
+
+    def gradient():
+        xi = xt.clone().requires_grad_(True)
+        net(xi)[:, TARGET].sum().backward()
+
+    times = alternate({"forward": forward, "gradient": gradient}, repeats)
+    best_f, best_g = min(times["forward"]), min(times["gradient"])
+    print(f"    PyTorch on the same network and batch: forward {best_f * 1e3:.2f} ms, forward+backward "
+          f"{best_g * 1e3:.2f} ms -> ratio {best_g / best_f:.2f}; blackbox's forward+backward / PyTorch's "
+          f"{ours / best_g:.2f}")
 
 
 def kernel_times(model, feeds: dict, threads: int, repeats: int) -> tuple[float, collections.Counter]:
@@ -134,8 +159,8 @@ def integrated_gradients(size: int, threads: int, repeats: int) -> None:
     x = np.random.default_rng(1).normal(size=(3, size, size)).astype(np.float32)
     xt = torch.tensor(x[None])
     ig = IntegratedGradients(net)
-    ours = lambda: blackbox.explain(model, x, "integrated_gradients", target=TARGET, score="raw", n_steps=50)  # noqa: E731
-    theirs = lambda: ig.attribute(xt, target=TARGET, n_steps=50)  # noqa: E731
+    ours = lambda: blackbox.explain(model, x, "integrated_gradients", target=TARGET, score="raw", n_steps=50)
+    theirs = lambda: ig.attribute(xt, target=TARGET, n_steps=50)
     check = np.abs(ours().attributions - theirs().detach().numpy()[0]).max()
     times = alternate({"blackbox": ours, "captum": theirs}, repeats)
     best_b, best_c = min(times["blackbox"]), min(times["captum"])
