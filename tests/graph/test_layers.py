@@ -193,12 +193,26 @@ def test_readings_of_a_tensor_without_a_layout():
     assert not back[:, 0].any()
 
 
+def _torchscript(net, x, batch_axes) -> onnx.ModelProto:
+    """TorchScript export at opset 17 (input "input", output "logits"; ``batch_axes`` {0: "N"} or None)."""
+    import io
+    import warnings
+
+    import torch
+
+    f = io.BytesIO()
+    axes = {"input": batch_axes, "logits": batch_axes} if batch_axes else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net.eval(), (x,), f, dynamo=False, opset_version=17, input_names=["input"],
+                          output_names=["logits"], dynamic_axes=axes)
+    return onnx.load_from_string(f.getvalue())
+
+
 def test_channel_shuffle_keeps_the_maps_under_a_dynamic_batch():
     """ShuffleNet's shuffle (view to [N, g, C/g, h, w], swap the groups, view back) keeps positions: the
     maps after it stay NCHW, with the sizes TorchScript computes at run time learned by the probe run,
     and the CAM layer is the last map before the global pooling."""
-    import io
-
     import torch
 
     class Shuffle(torch.nn.Module):
@@ -214,11 +228,7 @@ def test_channel_shuffle_keeps_the_maps_under_a_dynamic_batch():
             y = torch.relu(self.b(y))
             return self.head(y.mean((2, 3)))
 
-    f = io.BytesIO()
-    torch.onnx.export(Shuffle().eval(), (torch.randn(2, 3, 16, 16),), f, dynamo=False, opset_version=17,
-                      input_names=["input"], output_names=["logits"],
-                      dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
-    model = blackbox.load(onnx.load_from_string(f.getvalue()), device="cpu")
+    model = blackbox.load(_torchscript(Shuffle(), torch.randn(2, 3, 16, 16), {0: "N"}), device="cpu")
     relus = [layer for layer in model.layers() if layer.op_type == "Relu"]
     assert [(layer.layout, layer.shape) for layer in relus] == [("nchw", (8, 8, 8))] * 2
     reduce = next(node for node in model.float_graph().graph.node if node.op_type == "ReduceMean")
@@ -228,8 +238,6 @@ def test_channel_shuffle_keeps_the_maps_under_a_dynamic_batch():
 def test_channels_picked_from_the_input_stay_maps():
     """Inception v3's ``transform_input``: x[:, c] (a Gather on the channel axis), rescaled, unsqueezed and
     concatenated back (here after a first conv): the convolution after it is still an NCHW map."""
-    import io
-
     import torch
 
     class Transformed(torch.nn.Module):
@@ -243,9 +251,6 @@ def test_channels_picked_from_the_input_stay_maps():
             x = torch.cat([(x[:, c] * (0.2 + c) + 0.1).unsqueeze(1) for c in range(3)], 1)
             return self.head(torch.relu(self.conv(x)).mean((2, 3)))
 
-    f = io.BytesIO()
-    torch.onnx.export(Transformed().eval(), (torch.randn(1, 3, 8, 8),), f, dynamo=False, opset_version=17,
-                      input_names=["input"], output_names=["logits"])
-    model = blackbox.load(onnx.load_from_string(f.getvalue()), device="cpu")
+    model = blackbox.load(_torchscript(Transformed(), torch.randn(1, 3, 8, 8), None), device="cpu")
     relu = next(layer for layer in model.layers() if layer.op_type == "Relu")
     assert (relu.layout, relu.grid) == ("nchw", (8, 8)) and model.default_cam_layer() == relu.name
