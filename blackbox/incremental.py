@@ -35,6 +35,7 @@ from .graph.window_masks import HX, HY, window_graph
 MODES = ("auto", True, False)
 # "auto" uses the patched graph when it is estimated to cost at most this fraction of full evaluation
 AUTO_RATIO = 0.75
+AUTO_MIN_SAMPLES = 16
 CPU_BATCH = 32
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -58,6 +59,15 @@ def applicable(model) -> bool:
     """The rewrite works on NCHW float/float16 image inputs of batchable models."""
     return (model.layout == "NCHW" and model.batchable
             and model.image.elem_type in (TensorProto.FLOAT, TensorProto.FLOAT16))
+
+
+def wanted(mode, model, count: int) -> bool:
+    """Whether to try the incremental path for ``count`` local perturbations: ``mode`` True whenever the
+    model allows it, "auto" from :data:`AUTO_MIN_SAMPLES` on (below, the clean pass and the session
+    built for a new layout cost more than the few evaluations saved)."""
+    if mode is False or not applicable(model):
+        return False
+    return mode is True or count >= AUTO_MIN_SAMPLES
 
 
 def _cache(model) -> _ModelCache:
