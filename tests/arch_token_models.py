@@ -245,6 +245,25 @@ def export(net: nn.Module, x: torch.Tensor, exporter: str, *, dynamic_batch: boo
         return prog.model_proto
 
 
+_CACHE: dict = {}
+
+
+def loaded(cls, exporter: str = "torchscript", **kwargs):
+    """(net, x [4, 3, H, W], ONNX export, blackbox Model) for ``cls(**kwargs)`` with weights from seed 0,
+    exported at a batch of 2 with a dynamic batch; cached per session, so test modules share exports."""
+    import blackbox
+
+    key = (cls.__name__, exporter, tuple(sorted(kwargs.items())))
+    if key not in _CACHE:
+        torch.manual_seed(0)
+        net = cls(**kwargs).eval()
+        size = kwargs.get("size", 32)
+        x = torch.randn(4, 3, *(size if isinstance(size, tuple) else (size, size)))
+        proto = export(net, x[:2], exporter)
+        _CACHE[key] = (net, x, proto, blackbox.load(proto, device="cpu"))
+    return _CACHE[key]
+
+
 def module_output(net: nn.Module, module: nn.Module, x: torch.Tensor) -> np.ndarray:
     """``module``'s output for ``x`` (a forward hook, as pytorch-grad-cam's ActivationsAndGradients)."""
     seen = {}

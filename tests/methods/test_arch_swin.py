@@ -11,7 +11,7 @@ import torch
 from arch_token_models import (
     TinyConvNeXt,
     TinySwin,
-    export,
+    loaded,
     module_output,
     module_output_grad,
 )
@@ -22,18 +22,10 @@ from blackbox.errors import ParameterError
 from blackbox.graph.layers import tensor_shapes
 
 F = torch.nn.functional
-_CACHE: dict = {}
-
-
 def built(cls, exporter: str):
-    key = (cls, exporter)
-    if key not in _CACHE:
-        torch.manual_seed(0)
-        net = cls().eval()
-        x = torch.randn(2, 3, 32, 32)
-        proto = export(net, x, exporter)
-        _CACHE[key] = (net, x[:1], proto, blackbox.load(proto, device="cpu"))
-    return _CACHE[key]
+    """(net, x [1, 3, 32, 32], ONNX export, loaded model)."""
+    net, x, proto, model = loaded(cls, exporter)
+    return net, x[:1], proto, model
 
 
 def nhwc_maps(t: torch.Tensor) -> torch.Tensor:

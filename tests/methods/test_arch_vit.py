@@ -10,7 +10,7 @@ import pytest
 import torch
 from arch_token_models import (
     TinyViT,
-    export,
+    loaded,
     module_output,
     module_output_grad,
     tokens_to_maps,
@@ -21,18 +21,10 @@ import blackbox
 from blackbox.errors import ParameterError
 
 F = torch.nn.functional
-_CACHE: dict = {}
-
-
 def vit(exporter: str, *, distilled: bool = False, size=(32, 32)):
-    """(net, x [1, 3, H, W], loaded model) for one tiny ViT export, cached per session."""
-    key = (exporter, distilled, size)
-    if key not in _CACHE:
-        torch.manual_seed(0)
-        net = TinyViT(size=size, distilled=distilled).eval()
-        x = torch.randn(2, 3, *size)
-        _CACHE[key] = (net, x[:1], blackbox.load(export(net, x, exporter), device="cpu"))
-    return _CACHE[key]
+    """(net, x [1, 3, H, W], loaded model) for one tiny ViT export."""
+    net, x, _, model = loaded(TinyViT, exporter, size=size, distilled=distilled)
+    return net, x[:1], model
 
 
 @pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])

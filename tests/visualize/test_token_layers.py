@@ -8,24 +8,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from arch_token_models import TinySwin, TinyViT, export, module_output, tokens_to_maps
+from arch_token_models import TinySwin, TinyViT, loaded, module_output, tokens_to_maps
 
-import blackbox
 from blackbox.errors import ParameterError
 from blackbox.visualize import activations, top_activations
 from blackbox.visualize import objectives as obj
 from blackbox.visualize.engine import gradients_for
 
-_CACHE: dict = {}
-
 
 def built(cls):
-    if cls not in _CACHE:
-        torch.manual_seed(0)
-        net = cls().eval()
-        x = torch.randn(4, 3, 32, 32)
-        _CACHE[cls] = (net, x, blackbox.load(export(net, x[:2], "torchscript"), device="cpu"))
-    return _CACHE[cls]
+    """(net, x [4, 3, 32, 32], loaded model) of the TorchScript export."""
+    net, x, _, model = loaded(cls)
+    return net, x, model
 
 
 def _hooked_live(net, x):
