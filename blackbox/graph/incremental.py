@@ -58,6 +58,33 @@ class Region:
         return self.size[0] * self.size[1] / (self.shape[0] * self.shape[1])
 
 
+@dataclass(frozen=True)
+class Gather:
+    """One read of a rectangle ``size`` at per-sample origins (``rows``, ``columns`` [K]) from a tensor
+    whose patches lie at ``source``; its indices are made per batch (a [K, R, S] table for every read
+    of a stride-1 occlusion would take gigabytes)."""
+
+    source: Region
+    rows: np.ndarray
+    cols: np.ndarray
+    size: tuple[int, int]
+
+    def indices(self, start: int, stop: int) -> np.ndarray:
+        """int64 [n, R, S] into ``[clean pixels, padding, the batch's patch pixels]`` for samples
+        ``start:stop``: patch pixels of sample i are rows ``H*W + 1 + i*h*w + ...``."""
+        src = self.source
+        (height, width), (ph, pw) = src.shape, src.size
+        y = self.rows[start:stop, None] + np.arange(self.size[0])  # [n, R]
+        x = self.cols[start:stop, None] + np.arange(self.size[1])  # [n, S]
+        inside = ((y >= 0) & (y < height))[:, :, None] & ((x >= 0) & (x < width))[:, None, :]
+        py, px = y - src.starts[start:stop, :1], x - src.starts[start:stop, 1:]
+        in_patch = ((py >= 0) & (py < ph))[:, :, None] & ((px >= 0) & (px < pw))[:, None, :]
+        sample = (np.arange(stop - start) * (ph * pw)).reshape(-1, 1, 1)
+        patch = height * width + 1 + sample + py[:, :, None] * pw + px[:, None, :]
+        clean = y[:, :, None] * width + x[:, None, :]
+        return np.where(inside, np.where(in_patch, patch, clean), height * width).astype(np.int64)
+
+
 @dataclass
 class IncrementalPlan:
     """The rewritten graph and what its caller feeds it.
@@ -71,7 +98,7 @@ class IncrementalPlan:
     model: onnx.ModelProto
     region: Region
     clean: dict[str, tuple[str, float]]
-    indices: dict[str, tuple[np.ndarray, np.ndarray, int]] = field(default_factory=dict)
+    indices: dict[str, Gather] = field(default_factory=dict)
     macs: tuple[float, float] = (0.0, 0.0)
     patched_nodes: int = 0
 
@@ -82,13 +109,8 @@ class IncrementalPlan:
         return patched / full if full else 1.0
 
     def batch_indices(self, start: int, stop: int) -> dict[str, np.ndarray]:
-        """Index inputs for samples ``start:stop`` evaluated as one batch: a patch entry points at its
-        own sample's rows of the batch's patch tensor."""
-        out = {}
-        for name, (base, in_patch, per_sample) in self.indices.items():
-            offsets = (np.arange(stop - start, dtype=np.int64) * per_sample).reshape(-1, 1, 1)
-            out[name] = base[start:stop] + in_patch[start:stop] * offsets
-        return out
+        """Index inputs for samples ``start:stop`` evaluated as one batch."""
+        return {name: read.indices(start, stop) for name, read in self.indices.items()}
 
 
 def clean_feeds(plan: IncrementalPlan, activations: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -183,17 +205,8 @@ class _Rewriter:
         """[N, C, size] read from ``tensor`` at per-sample origins (rows, cols): patch values inside its
         rectangle, clean values elsewhere in the map, ``pad`` outside it."""
         _, src = self.patches[tensor]
-        (height, width), (ph, pw) = src.shape, src.size
-        y = rows[:, None] + np.arange(size[0])  # [K, R]
-        x = cols[:, None] + np.arange(size[1])  # [K, S]
-        inside = ((y >= 0) & (y < height))[:, :, None] & ((x >= 0) & (x < width))[:, None, :]
-        py, px = y - src.starts[:, :1], x - src.starts[:, 1:]
-        in_patch = ((py >= 0) & (py < ph))[:, :, None] & ((px >= 0) & (px < pw))[:, None, :]
-        clean = y[:, :, None] * width + x[:, None, :]
-        patch = height * width + 1 + py[:, :, None] * pw + px[:, None, :]
-        base = np.where(inside, np.where(in_patch, patch, clean), height * width).astype(np.int64)
         name = self.fresh(f"index_{hint}")
-        self.plan.indices[name] = (base, (inside & in_patch).astype(np.int64), ph * pw)
+        self.plan.indices[name] = Gather(src, np.asarray(rows, np.int64), np.asarray(cols, np.int64), size)
         # pixel rows [H*W + 1 + N*h*w, C]: Gather copies C contiguous values per index (per-element
         # gathers along a channel-first axis measured 40x slower)
         source = self.op("Concat", [self.clean_input(tensor, pad), self.patch_flat(tensor)], "source", axis=0)
