@@ -228,15 +228,17 @@ class TinyConvNeXt(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------ export
-def export(net: nn.Module, x: torch.Tensor, exporter: str, *, dynamic_batch: bool = True) -> onnx.ModelProto:
-    """ONNX of ``net`` (input "input", output "logits"): TorchScript at opset 17 or dynamo at opset 18."""
+def export(net: nn.Module, x: torch.Tensor, exporter: str, *, dynamic_batch: bool = True,
+           opset: int | None = None) -> onnx.ModelProto:
+    """ONNX of ``net`` (input "input", output "logits"): TorchScript (default opset 17; before 17 it
+    spells LayerNorm out in ReduceMean/Sub/Pow/Sqrt/Div) or dynamo (opset 18)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         net = net.eval()
         if exporter == "torchscript":
             f = io.BytesIO()
             axes = {"input": {0: "N"}, "logits": {0: "N"}} if dynamic_batch else None
-            torch.onnx.export(net, (x,), f, dynamo=False, opset_version=17, input_names=["input"],
+            torch.onnx.export(net, (x,), f, dynamo=False, opset_version=opset or 17, input_names=["input"],
                               output_names=["logits"], dynamic_axes=axes)
             return onnx.load_from_string(f.getvalue())
         shapes = {"x": {0: torch.export.Dim("N", min=1, max=64)}} if dynamic_batch else None
@@ -248,18 +250,18 @@ def export(net: nn.Module, x: torch.Tensor, exporter: str, *, dynamic_batch: boo
 _CACHE: dict = {}
 
 
-def loaded(cls, exporter: str = "torchscript", **kwargs):
+def loaded(cls, exporter: str = "torchscript", opset: int | None = None, **kwargs):
     """(net, x [4, 3, H, W], ONNX export, blackbox Model) for ``cls(**kwargs)`` with weights from seed 0,
     exported at a batch of 2 with a dynamic batch; cached per session, so test modules share exports."""
     import blackbox
 
-    key = (cls.__name__, exporter, tuple(sorted(kwargs.items())))
+    key = (cls.__name__, exporter, opset, tuple(sorted(kwargs.items())))
     if key not in _CACHE:
         torch.manual_seed(0)
         net = cls(**kwargs).eval()
         size = kwargs.get("size", 32)
         x = torch.randn(4, 3, *(size if isinstance(size, tuple) else (size, size)))
-        proto = export(net, x[:2], exporter)
+        proto = export(net, x[:2], exporter, opset=opset)
         _CACHE[key] = (net, x, proto, blackbox.load(proto, device="cpu"))
     return _CACHE[key]
 

@@ -282,6 +282,31 @@ def _attention_softmax(graph: onnx.GraphProto) -> onnx.NodeProto | None:
     return found[-1] if found else None
 
 
+def _norm_outputs(graph: onnx.GraphProto) -> set[str]:
+    """Outputs of layer normalisations: LayerNormalization ops, and the ones exporters before opset 17
+    spell out (x - mean) / Sqrt(var + eps), then times the weight and plus the bias."""
+    constants = {init.name for init in graph.initializer} | \
+        {out for node in graph.node if node.op_type == "Constant" for out in node.output}
+    producers = {out: node for node in graph.node for out in node.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    found = {node.output[0] for node in graph.node if node.op_type == "LayerNormalization"}
+    for node in graph.node:
+        root = producers.get(node.input[1]) if node.op_type == "Div" and len(node.input) > 1 else None
+        if root is None or root.op_type != "Sqrt":
+            continue
+        tensor = node.output[0]
+        for op in ("Mul", "Add"):  # the affine part, when the export keeps it
+            after = consumers.get(tensor, [])
+            if len(after) != 1 or after[0].op_type != op or not any(i in constants for i in after[0].input):
+                break
+            tensor = after[0].output[0]
+        found.add(tensor)
+    return found
+
+
 def default_cam_layer(model: onnx.ModelProto, layers: Sequence[Layer]) -> str | None:
     """Grad-CAM's usual layer, by architecture; None when the model has no spatial layer. Returns the
     layer's (readable) name.
@@ -295,8 +320,9 @@ def default_cam_layer(model: onnx.ModelProto, layers: Sequence[Layer]) -> str | 
     attention = _attention_softmax(model.graph)
     if attention is not None:
         before = _ancestors(model.graph, attention.output[0])
+        normalised = _norm_outputs(model.graph)
         norms = [layer for layer in spatial.values() if layer.tensor in before and layer.layout != NCHW
-                 and layer.op_type == "LayerNormalization"]
+                 and layer.tensor in normalised]
         if norms:
             return max(norms, key=lambda layer: layer.index).name
     chosen = None

@@ -21,18 +21,19 @@ import blackbox
 from blackbox.errors import ParameterError
 
 F = torch.nn.functional
-def vit(exporter: str, *, distilled: bool = False, size=(32, 32)):
+def vit(exporter: str, *, distilled: bool = False, size=(32, 32), opset: int | None = None):
     """(net, x [1, 3, H, W], loaded model) for one tiny ViT export."""
-    net, x, _, model = loaded(TinyViT, exporter, size=size, distilled=distilled)
+    net, x, _, model = loaded(TinyViT, exporter, opset, size=size, distilled=distilled)
     return net, x[:1], model
 
 
-@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
-def test_default_layer_is_the_last_blocks_first_layernorm(exporter):
-    net, x, model = vit(exporter)
+@pytest.mark.parametrize("exporter,opset", [("torchscript", None), ("dynamo", None), ("torchscript", 14)])
+def test_default_layer_is_the_last_blocks_first_layernorm(exporter, opset):
+    """Also at opset 14, where LayerNorm is spelt out and its output is the bias Add."""
+    net, x, model = vit(exporter, opset=opset)
     layer = model.layer(model.default_cam_layer())
     assert (layer.layout, layer.extra, layer.grid, layer.shape) == ("tokens", 1, (4, 4), (17, 16))
-    assert layer.op_type == "LayerNormalization"
+    assert layer.op_type == ("Add" if opset == 14 else "LayerNormalization")
     # the very tensor pytorch-grad-cam hooks (model.blocks[-1].norm1), by value
     np.testing.assert_allclose(model.activations(x.numpy(), [layer.name])[layer.name],
                                module_output(net, net.cam_module, x), rtol=1e-5, atol=1e-5)
