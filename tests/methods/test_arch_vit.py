@@ -53,7 +53,7 @@ def test_cams_match_pytorch_grad_cam_with_reshape_transform(exporter):
     for target in (2, 7):
         a, g = module_output_grad(net, net.cam_module, x, target)
         a, g = tokens_to_maps(a, 1, (4, 4)), tokens_to_maps(g, 1, (4, 4))
-        for variant in ("grad_cam", "grad_cam_pp", "layer_cam"):
+        for variant in ("grad_cam", "grad_cam_pp", "xgrad_cam", "layer_cam", "hires_cam"):
             e = blackbox.explain(model, x[0].numpy(), variant, target=target, score="raw")
             assert e.extras["layout"] == "tokens" and e.extras["layer_shape"] == [16, 4, 4]
             worst = max(worst, close(e.attributions, reference_cam(variant, a, g).numpy(),
