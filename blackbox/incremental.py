@@ -121,6 +121,21 @@ def patched(model, activations: dict[str, np.ndarray], boxes: np.ndarray, score:
     return cache.patched[(key, score)]
 
 
+def prepare(model, x: np.ndarray, boxes: np.ndarray, score: str, key, *, strict: bool):
+    """(clean scores [1, K], activations, the patched plan and session) for ``x`` [C, H, W], or None
+    when the rewrite finds nothing to patch. An optimisation must not break an explanation: with
+    ``strict`` False a failure to build or run the clean pass or the rewritten graph (an op ONNX Runtime
+    refuses in the tapped or rewritten form, say) also means None, and the caller evaluates in full."""
+    try:
+        scores, activations = clean_pass(model, x, score)
+        entry = patched(model, activations, boxes, score, key)
+    except Exception:
+        if strict:
+            raise
+        return None
+    return None if entry.plan is None else (scores, activations, entry)
+
+
 def patched_batch(model) -> int:
     """Samples per run: patches are small, so on CPU a batch larger than the full model's budget pays
     (SqueezeNet-fp16's budget allows 4; the patched graph ran fastest at 32 or more)."""

@@ -158,10 +158,12 @@ def _incremental_scores(ctx: Context, plan: WindowPlan, base: np.ndarray, forced
     diff = np.asarray(base, np.float32).reshape(x.shape) - x
     hy, hx = window_vectors(plan)
     with ctx.bar(len(plan.masks) + 1, "occlusion") as bar:
-        scores, activations = incremental_runner.clean_pass(model, x, ctx.score)
         key = ("occlusion", plan.window, plan.stride, ctx.shape)
-        entry = incremental_runner.patched(model, activations, window_boxes(hy, hx), ctx.score, key)
-        if entry.plan is None or (not forced and entry.plan.estimated_ratio > incremental_runner.AUTO_RATIO):
+        ready = incremental_runner.prepare(model, x, window_boxes(hy, hx), ctx.score, key, strict=forced)
+        if ready is None:
+            return None
+        scores, activations, entry = ready
+        if not forced and entry.plan.estimated_ratio > incremental_runner.AUTO_RATIO:
             return None
         bar.update(1)
         (ph, pw), starts = entry.plan.region.size, entry.plan.region.starts

@@ -175,3 +175,21 @@ def test_incremental_equals_full_evaluation_on_real_models(name, preset, atol):
     want = runs[False].attributions
     assert np.abs(want).max() > 0.05  # the kitten's windows move the score: a real comparison
     np.testing.assert_allclose(runs[True].attributions, want, rtol=0, atol=atol)
+
+
+def test_a_failing_rewrite_falls_back_to_full_evaluation_unless_forced(residual_concat_model, monkeypatch):
+    """"auto" is an optimisation: if the rewrite breaks on some graph, occlusion still answers, in full."""
+    import blackbox.incremental
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("rewrite failed")
+
+    x = np.random.default_rng(2).random((3, 63, 63), dtype=np.float32)
+    want = blackbox.explain(residual_concat_model, x, "occlusion", target=0, window=9, stride=9, incremental=False)
+    monkeypatch.setattr(blackbox.incremental, "incremental_graph", broken)
+    monkeypatch.setattr(blackbox.incremental, "_CACHE", type(blackbox.incremental._CACHE)())
+    got = blackbox.explain(residual_concat_model, x, "occlusion", target=0, window=9, stride=9)
+    assert got.extras["incremental"] is False
+    np.testing.assert_array_equal(got.attributions, want.attributions)
+    with pytest.raises(RuntimeError, match="rewrite failed"):
+        blackbox.explain(residual_concat_model, x, "occlusion", target=0, window=9, stride=9, incremental=True)
