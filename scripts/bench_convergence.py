@@ -133,14 +133,14 @@ def blackbox_tools(model) -> list[Tool]:
 
     def method(name: str, count: str, **params):
         def run(case: Case, budget: int, seed: int, **extra):
-            exp = blackbox.explain(model, case.picture, name, target=case.target, seed=seed, progress=False,
+            exp = blackbox.explain(model, case.x, name, target=case.target, seed=seed, progress=False,
                                    **{count: budget}, **params, **extra)
             return exp.model_heatmap, exp.n_evals
         return run
 
     def occlusion(case: Case, budget: int, seed: int):
         stride = OCCLUSION_STRIDES[budget]
-        exp = blackbox.explain(model, case.picture, "occlusion", target=case.target, window=16, stride=stride,
+        exp = blackbox.explain(model, case.x, "occlusion", target=case.target, window=16, stride=stride,
                                baseline=0, progress=False)
         return exp.model_heatmap, exp.n_evals
 
@@ -161,7 +161,7 @@ OCCLUSION_STRIDES = {occlusion_evals(s): s for s in (16, 8, 4, 2)}  # evaluation
 def auto_run(model, case: Case, name: str, count: str, maximum: int, seed: int, **params):
     import blackbox
 
-    seconds, exp = timed(lambda: blackbox.explain(model, case.picture, name, target=case.target, seed=seed,
+    seconds, exp = timed(lambda: blackbox.explain(model, case.x, name, target=case.target, seed=seed,
                                                   progress=False, budget="auto", **{count: maximum}, **params))
     return exp.model_heatmap, exp.n_evals, seconds
 
@@ -282,7 +282,8 @@ def captum_occlusion_run(scorer: Scorer, case: Case, budget: int):
 # --------------------------------------------------------------------------- references and schedules
 
 def reference(tool: Tool, case: Case, evals: int, model_sha: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
-    key = json.dumps([tool.name, tool.settings, case.name, case.target, model_sha, evals])
+    key = [tool.name, tool.settings, case.name, case.target, model_sha, evals]
+    key = json.dumps(key if tool.peer else key + ["model-space input"])
     path = CACHE / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".npy")
     if path.exists():
         return np.load(path)
@@ -363,10 +364,12 @@ def main(argv: list[str] | None = None) -> int:
         sample = prepare(model, REAL / "images" / image)
         picture = model.preprocess.display(sample.x)
         target = int(np.argmax(model.scores(sample.x)[0]))
-        quick_s, quick = timed(lambda picture=picture: segment(picture, "quickshift"))
-        slic_s, slic = timed(lambda picture=picture: segment(picture, "slic"))
-        case = Case(image, picture, to_model(picture[None])[0], target, quick, slic,
-                    {"quickshift": quick_s, "slic": slic_s})
+        x = to_model(picture[None])[0]  # every tool explains this input (blackbox gets it in model space)
+        seen = model.preprocess.display(x)  # what blackbox segments: the same picture
+        assert np.array_equal(seen, picture)
+        quick_s, quick = timed(lambda seen=seen: segment(seen, "quickshift"))
+        slic_s, slic = timed(lambda seen=seen: segment(seen, "slic"))
+        case = Case(image, picture, x, target, quick, slic, {"quickshift": quick_s, "slic": slic_s})
         log(f"{image}: class {target} ({model.label(target)})")
         for tool in tools:
             ref = reference_map(tool, case, args.reference, model_sha, ours[1], args.peer_reference or args.reference)
