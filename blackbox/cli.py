@@ -563,6 +563,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("blackbox: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `blackbox layers MODEL | head`: the reader left; nothing more to say
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 0
     finally:
         pending, _warnings[:] = list(_warnings), []
     for text in dict.fromkeys(pending):

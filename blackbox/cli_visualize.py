@@ -296,11 +296,13 @@ def cmd_layers(args: argparse.Namespace) -> int:
     shape = [" x ".join("?" if d is None else str(d) for d in layer.shape) or "-" for layer in layers]
     width = max([len("name")] + [len(layer.name) for layer in layers])
     op_width = max([len("op")] + [len(layer.op_type) for layer in layers])
-    lines = [f"{'index':>5}  {'name':<{width}}  {'op':<{op_width}}  {'shape':<16}  kind"]
+    lines = [f"{'index':>5}  {'name':<{width}}  {'op':<{op_width}}  {'shape':<16}  {'kind':<7}  layout"]
     for layer, text in zip(layers, shape):
         mark = "  * default CAM layer" if layer.name == cam else ""
+        layout = layer.layout + (f" {layer.grid[0]}x{layer.grid[1]}" if layer.spatial else "")
+        layout += f" +{layer.extra} tokens" if layer.spatial and layer.extra else ""
         lines.append(f"{layer.index:>5}  {layer.name:<{width}}  {layer.op_type:<{op_width}}  {text:<16}  "
-                     f"{layer.kind}{mark}")
+                     f"{layer.kind:<7}  {layout}{mark}")
     if not layers:
         lines.append("(no spatial layers)" if args.spatial else "(no layers)")
     _print(args, rows, "\n".join(lines))

@@ -63,12 +63,13 @@ def test_layers_on_the_shapes_model(capsys):
     code, out, _ = _run(["layers", SHAPES], capsys)
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].split() == ["index", "name", "op", "shape", "kind"]
+    assert lines[0].split() == ["index", "name", "op", "shape", "kind", "layout"]
     assert len(lines) == 1 + len(blackbox.load(SHAPES, device="cpu").layers())
     first = lines[1].split()
     assert first[:4] == ["0", "/stem/stem.0/stem.0.0/Conv_output_0", "Conv", "16"] and "64 x 64" in lines[1]
     cam = [line for line in lines if "default CAM layer" in line]
     assert len(cam) == 1 and "/relu_1/Relu_output_0" in cam[0] and "64 x 8 x 8" in cam[0]
+    assert "map      nchw 8x8" in cam[0]  # the layout column: how the values lie over the image
     assert lines[-1].split()[:5] == ["21", "logits", "Gemm", "4", "vector"]
 
     code, out, _ = _run(["layers", SHAPES, "--spatial", "--json"], capsys)
@@ -214,7 +215,7 @@ def test_report_visualize_flags_reach_the_config_and_the_recorded_command(tmp_pa
 
     seen = {}
 
-    def fake_run_report(model, entries, config):
+    def fake_run_report(model, entries, config, progress=None):
         seen["config"] = config
         raise SystemExit(0)
 

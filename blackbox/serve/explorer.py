@@ -90,7 +90,7 @@ def layer_list(model) -> list[dict[str, Any]]:
     for layer in model.layers():
         shape = [None if d is None else int(d) for d in layer.shape] if layer.shape is not None else None
         out.append({"name": layer.name, "op_type": layer.op_type, "shape": shape, "spatial": bool(layer.spatial),
-                    "channels": shape[0] if layer.spatial and shape else None})
+                    "channels": layer.channels, "layout": layer.layout})
     return out
 
 
@@ -103,7 +103,7 @@ def activation_grid(model, path: Path, layer: str) -> Rendered:
     if not entry.spatial:
         raise ParameterError(f"layer {layer!r} has shape {list(entry.shape)}, not a spatial map [C, H, W]; "
                              "pick a layer marked spatial")
-    channels = int(entry.shape[0])
+    channels = int(entry.channels)
     min_cell = 48 if channels <= 256 else 24
     gap = 2
     grid = activations(model, str(path), layer=entry.name, show_input=False, min_cell=min_cell, max_cell=96, gap=gap)
@@ -122,7 +122,7 @@ def _check_unit(model, layer: str, channel: Any) -> tuple[str, int]:
     entry = model.layer(layer)
     if not entry.spatial:
         raise ParameterError(f"layer {layer!r} is not a spatial map; unit views need [C, H, W] layers")
-    channels = int(entry.shape[0])
+    channels = int(entry.channels)
     if isinstance(channel, bool) or not isinstance(channel, int) or not 0 <= channel < channels:
         raise ParameterError(f"unit {channel!r} is out of range: layer {entry.name!r} has units 0..{channels - 1}")
     return entry.name, channel

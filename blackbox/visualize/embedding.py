@@ -82,12 +82,13 @@ def default_embedding_layer(model) -> str:
     return model.default_cam_layer()
 
 
-def pool(values: np.ndarray, kind: str) -> np.ndarray:
-    """[N, ...] layer values -> [N, D]: spatial maps averaged over H x W, tokens over positions."""
+def pool(values: np.ndarray, layer) -> np.ndarray:
+    """[N, ...] values of ``layer`` -> [N, D]: spatial layers (NCHW or NHWC maps, patch tokens) read as
+    maps [N, C, h, w] and averaged over the positions; other token sequences over positions; the rest flat."""
     values = np.asarray(values, dtype=np.float32)
-    if kind == "map":
-        return values.mean(axis=(2, 3))
-    if kind == "tokens":
+    if layer.spatial:
+        return layer.maps(values).mean(axis=(2, 3))
+    if layer.kind == "tokens":
         return values.mean(axis=1)
     return values.reshape(len(values), -1)
 
@@ -118,7 +119,7 @@ def _predict(model, x: np.ndarray, tapped: dict[str, np.ndarray], output: str | 
 def features(model, items: list, layer: str, *, batch_size: int | None = None, thumb: int = THUMB,
              progress: bool = False) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
     """(pooled features [N, D], predicted classes [N], thumbnails) in one streamed pass."""
-    kind = model.layer(layer).kind
+    entry = model.layer(layer)
     output = _output_tap(model)
     taps = [layer] if output is None else [layer, output]
     feats, preds, thumbs = [], [], []
@@ -127,7 +128,7 @@ def features(model, items: list, layer: str, *, batch_size: int | None = None, t
         for _, samples in batches(model, items, batch_size):
             x = np.stack([s.x for s in samples])
             tapped = model.activations(x, taps)
-            feats.append(pool(tapped[layer], kind))
+            feats.append(pool(tapped[layer], entry))
             preds.append(_predict(model, x, tapped, output))
             thumbs += [_thumbnail(s.image if s.image is not None else model.preprocess.display(s.x), thumb)
                        for s in samples]

@@ -57,7 +57,7 @@ def unit_objective(model: "Model", *, target: int | str | None, layer: str | Non
         raise ParameterError("say what to maximise: target (a class index or label) or layer with channel")
     entry = model.layer(layer)
     if channel is None:
-        raise ParameterError(f"layer {entry.name!r} needs channel (0..{entry.shape[0] - 1 if entry.shape else '?'})")
+        raise ParameterError(f"layer {entry.name!r} needs channel (0..{entry.channels - 1 if entry.channels else '?'})")
     if neuron is None:
         return obj.channel(entry.name, int(channel)), {"layer": entry.name, "channel": int(channel)}
     if not entry.spatial:

@@ -116,7 +116,7 @@ def test_mobilenet_int8_photos():
     photos = [str(real("images", name)) for name in
               ("tabby_cat.jpg", "coyote.jpg", "flamingo.jpg", "pelican.jpg", "bald_eagle.jpg", "boat.jpg")]
     result = embed(model, photos)
-    assert result.layer == "464_quantized"  # the pooled features the MatMul head reads
+    assert result.layer == "472_quantized"  # the flattened pooled features the MatMul head reads
     assert result.coords.shape == (6, 2) and result.features.shape == (6, 1280)
     assert np.isfinite(result.coords).all() and np.isfinite(result.features).all()
     np.testing.assert_array_equal(result.predictions, model.predict(photos).argmax(axis=1))
