@@ -8,9 +8,9 @@ model so that, per batch of perturbed samples, every known layer runs on a small
 * a patch holds the values of one fixed-size rectangle per sample (per-sample position, fixed size, so
   one tensor [N, C, h, w] holds the batch); its positions are known in advance, in NumPy;
 * a spatial layer (Conv, QLinearConv, MaxPool, AveragePool) reads the rectangle of input it needs from
-  ``Concat([clean map + one padding value, the input patches])`` with one ``Gather`` of per-sample
-  flat indices (channel-first, so it is the same for every dtype and exists in every opset), then runs
-  unpadded on it; pointwise layers run on the patch as it is; two-input layers (residual Add, Concat of
+  ``Concat([clean pixels, one padding pixel, the batch's patch pixels])`` (pixels as rows of C
+  values) with one ``Gather`` of per-sample indices made in NumPy (Gather, Concat, Transpose and
+  Reshape exist in every opset and for every dtype), then runs unpadded on it; pointwise layers run on the patch as it is; two-input layers (residual Add, Concat of
   branches) first bring both patches to their common rectangle the same way;
 * the first layer whose rectangle would cover most of its map, or an op the transform does not know,
   runs as in the original graph, on full maps: the clean activation with each sample's patch pasted in
@@ -409,7 +409,7 @@ class _Rewriter:
                 self.add_full_macs(node)
                 continue
             if self.try_patch(node):
-                self.macs_full_patched(node)
+                self.macs_full += self.node_macs(node)
                 self.plan.patched_nodes += 1
                 continue
             for name in node.input:
@@ -438,6 +438,7 @@ class _Rewriter:
         return self.plan
 
     def node_macs(self, node: onnx.NodeProto) -> float:
+        """Multiply-adds per sample of a weight layer on its full output (0 for other ops)."""
         if node.op_type not in ("Conv", "QLinearConv", "ConvTranspose", "Gemm", "MatMul", "QLinearMatMul"):
             return 0.0
         index = {"QLinearConv": 3, "QLinearMatMul": 3}.get(node.op_type, 1)
@@ -450,13 +451,11 @@ class _Rewriter:
         return float(np.prod(out)) * float(weight.shape[0])
 
     def add_full_macs(self, node: onnx.NodeProto, tail: bool = False) -> None:
+        """Count a layer that runs as in the original graph (``tail``: also in the rewritten one)."""
         macs = self.node_macs(node)
         self.macs_full += macs
         if tail:
             self.macs_patched += macs
-
-    def macs_full_patched(self, node: onnx.NodeProto) -> None:
-        self.macs_full += self.node_macs(node)
 
 
 def _elem_type(dtype) -> int:
