@@ -263,7 +263,26 @@ def test_colour_bar_of_an_enlarged_picture_follows_the_overlay(top2):
     for record in summary.records:
         heatmap = np.load(out / record["files"]["npz"])["heatmap"]
         again = overlay_range(heatmap, record["picture"]["size"])
-        assert record["colorbar"] == pytest.approx(again)
+        bar = dict(record["colorbar"])
+        assert bar.pop("display") is None  # occlusion maps are shown as they are
+        assert bar == pytest.approx(again)
+
+
+def test_pixel_maps_are_shown_as_blurred_magnitudes(tmp_path, shapes_model):
+    """Integrated gradients' speckle is drawn as |map| blurred (the figures' display), and the colour bar
+    spans that shown map, not the raw one; the NPZ keeps the raw attributions."""
+    from blackbox.render.display import display_map
+
+    out = tmp_path / "out"
+    summary = run_report(shapes_model, IMAGES[:1], _config(out, methods=["integrated_gradients"]), progress=False)
+    (record,) = summary.records
+    arrays = np.load(out / record["files"]["npz"])
+    shown, display = display_map("integrated_gradients", arrays["heatmap"], max(arrays["model_heatmap"].shape))
+    assert display and "blurred" in display and (shown >= 0).all() and (arrays["heatmap"] < 0).any()
+    bar = dict(record["colorbar"])
+    assert bar.pop("display") == display
+    assert bar == pytest.approx(overlay_range(shown, record["picture"]["size"]))
+    assert not bar["signed"]
 
 
 # ---------------------------------------------------------------------------------- chart legends

@@ -148,6 +148,18 @@ def prepare(heatmap: np.ndarray, sign: str, sigma: float = 0.0) -> np.ndarray:
     return values
 
 
+def display_map(method: str, heatmap: np.ndarray, model_side: int) -> tuple[np.ndarray, str | None]:
+    """(the map as a plain overlay should show it, what was done to it or None). Per-pixel gradient and
+    relevance maps become |map| blurred like the figures' (:func:`blur_sigma`); other maps are as they are.
+    The report's overlays and colour bars use this, so its IG and LRP maps are not invisible speckle."""
+    heatmap = np.asarray(heatmap, dtype=np.float32)
+    if method not in PIXEL_METHODS:
+        return heatmap, None
+    sigma = blur_sigma(model_side, max(heatmap.shape[:2]))
+    shown = prepare(heatmap, "absolute", sigma).astype(np.float32)
+    return shown, f"|map| blurred \u03c3={sigma:.1f} px"
+
+
 def choose_sign(heatmap: np.ndarray, options: Options, *, pixel: bool = False) -> str:
     """The sign asked for, or this map's default; refused when the mode cannot show it."""
     sign = options.sign or default_sign(np.asarray(heatmap), options.mode, pixel=pixel)

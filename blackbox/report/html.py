@@ -166,7 +166,7 @@ title:'the overlay\u2019s colours span the map\u2019s values '+g3(lo)+' to '+g3(
 'units); values beyond are drawn in the end colours'+(signed?'; 0 is the middle, and the overlay\u2019s opacity follows '+
 '|value|':'')});d.appendChild(picture(BARS[r.cb[3]],'colour scale',true));
 d.appendChild(el('div',{cls:'ticks'},[el('span',{text:'\u2264'+g3(lo)}),el('span',{text:signed?'0':g3((lo+hi)/2)}),
-el('span',{text:'\u2265'+g3(hi)})]));return d;}
+el('span',{text:'\u2265'+g3(hi)})]));if(r.cb[4])d.appendChild(el('div',{cls:'small',text:'shown as '+r.cb[4]}));return d;}
 function notes(r){if(!r.n||!r.n.length)return null;var ul=el('ul',{cls:'notes','data-kind':'notes'});
 r.n.forEach(function(t){ul.appendChild(el('li',{cls:'note',text:'\u26a0 '+t}));});return ul;}
 function explained(r){return 'explained '+(r.ss||'score')+' '+g3(r.s);}
@@ -638,7 +638,8 @@ def page_data(out: Path, records: Sequence[dict[str, Any]], methods: Sequence[st
                     bars[name] = pictures.want_named(
                         f"colorbar-{name}", "b", "v1", "png",
                         lambda c=bar.get("colormap"), sg=bool(bar.get("signed")): colorbar_png(c, sg))
-                row["cb"] = [_short(bar["low"]), _short(bar["high"]), 1 if bar.get("signed") else 0, name]
+                row["cb"] = [_short(bar["low"]), _short(bar["high"]), 1 if bar.get("signed") else 0, name,
+                             str(bar["display"]) if bar.get("display") else ""]
             if any(c and c.get("fractions") for c in (r.get("curves") or {}).values()):
                 row["cv"] = pictures.want(r, "c", _digest(r.get("curves")), "png", lambda r=r: _curve_png(r))
             if r.get("sanity"):

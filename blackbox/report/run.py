@@ -432,6 +432,9 @@ def _explain_item(model: Any, entry: Entry, method: str, config: ReportConfig, t
     from .. import metrics as M
     from ..api import explain
     from ..inputs import from_internal
+    from ..image_io import write_png_atomic
+    from ..render import overlay
+    from ..render.display import display_map
     from .colorbar import overlay_range
     from .targets import target_scores, true_space
 
@@ -466,7 +469,8 @@ def _explain_item(model: Any, entry: Entry, method: str, config: ReportConfig, t
             flat["sanity_spearman_abs"], flat["sanity_spearman"] = steps[-1].spearman_abs, steps[-1].spearman
             flat["sanity_ssim"] = steps[-1].ssim
     stem = stem or _safe_name(method)
-    exp.save_overlay(item_dir / f"{stem}.png", colormap=config.colormap)
+    shown, display = display_map(method, exp.heatmap, max(np.asarray(exp.model_heatmap).shape[:2]))
+    write_png_atomic(item_dir / f"{stem}.png", overlay(exp.image, shown, colormap=config.colormap, seen=exp.seen))
     exp.save_npz(item_dir / f"{stem}.npz")
     order = np.argsort(-probs, kind="stable")[: config.top]
     summary = exp.summary()
@@ -483,7 +487,7 @@ def _explain_item(model: Any, entry: Entry, method: str, config: ReportConfig, t
         "top": [{"index": int(i), "label": model.label(int(i)), "probability": float(probs[i])} for i in order],
         "params": summary["params"], "seconds": round(float(exp.seconds), 4), "n_evals": int(exp.n_evals),
         "notes": summary["notes"],  # every warning the explanation carries (blackbox.api makes them)
-        "colorbar": overlay_range(exp.heatmap, exp.image.shape, exp.seen, config.colormap),
+        "colorbar": {**overlay_range(shown, exp.image.shape, exp.seen, config.colormap), "display": display},
         "picture": {"size": list(exp.image.shape[:2]), "crop": crop},
         "metrics": flat, "curves": curves, "sanity": sanity,
         "truth": {"target": truth.target, "box": truth.box, "mask": truth.mask,
