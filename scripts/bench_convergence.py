@@ -378,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.references_only:
                 continue
             cap = args.peer_max if tool.peer else max(args.budgets)
-            ref_evals = args.reference if not tool.peer or tool.name == "lime_image" else peer_reference
+            # occlusion's reference is the finest stride within --reference for both tools
+            ref_evals = args.reference if not tool.peer or tool.name == "lime_image" or tool.budgets else peer_reference
             rows.setdefault((tool.method, tool.name), []).append(walk(tool, case, ref, args.budgets, cap, ref_evals))
             if not tool.peer and tool.method in autos:
                 count, params = autos[tool.method]
