@@ -25,8 +25,8 @@ Budgets follow a coarse doubling schedule (``--budgets``), so "evaluations to 0.
 of the schedule that reaches it (within a factor 2 of the exact count); peers stop at ``--peer-max``
 (reported as "> max" when they never reach 0.95, the ratio then a lower bound). Seconds are the wall time
 of that one run. References are cached under ``$TMPDIR/blackbox-convergence`` keyed by tool, settings,
-image, model and budget: the first run computes them (about 1.5 hours on two busy cores), later runs take
-about ten minutes. Run it alone: ``flock /tmp/bench.lock python scripts/bench_convergence.py``.
+image, model and budget: the first run computes them (about 20 minutes on two cores), later runs take
+about six minutes. Run it alone: ``flock /tmp/bench.lock python scripts/bench_convergence.py``.
 """
 
 from __future__ import annotations
