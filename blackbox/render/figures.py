@@ -235,7 +235,7 @@ def _units(view: _View, scaled: Scaled) -> str:
              f"sign {scaled.sign}"]
     if view.sigma:
         parts.append(f"blurred σ={view.sigma:.1f} px")
-    return ", ".join(parts)
+    return parts[0] + "\n" + ", ".join(parts[1:])  # two short lines: side-by-side bars never run together
 
 
 def _score_text(exp: Explanation) -> str:
@@ -284,7 +284,7 @@ def _grid(views: Sequence[_View], options: Options) -> Figure:
     for i, v in enumerate(views):  # one row per picture, in first-seen order
         rows.setdefault((v.exp.source, id(v.exp.image) if v.exp.source == "array" else None), []).append(i)
     columns = 1 + max(len(r) for r in rows.values())
-    fig = _new_figure(PANEL_INCHES * 0.8 * columns, (PANEL_INCHES * 0.8 + 0.6) * len(rows) + 0.6)
+    fig = _new_figure(PANEL_INCHES * 0.8 * columns, (PANEL_INCHES * 0.8 + 0.9) * len(rows) + 0.9)
     axes = np.asarray(fig.subplots(len(rows), columns, squeeze=False))
     notes: dict[str, list[str]] = {}
     for r, members in enumerate(rows.values()):
