@@ -30,7 +30,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
@@ -45,20 +44,11 @@ sys.path.insert(0, str(ROOT))
 import blackbox
 from blackbox.graph.autodiff import build_gradient_model
 from blackbox.graph.compose import SCORES, X, forward_graph
-from blackbox.runtime import _session_options
+from bench_gradients import alternate, session  # noqa: E402  (scripts/ is on sys.path)
+from torch_models import bn  # noqa: E402  (bench_gradients puts tests/ on sys.path)
 
 nn = torch.nn
 TARGET = 7
-
-
-def bn(c: int) -> nn.BatchNorm2d:
-    b = nn.BatchNorm2d(c)
-    with torch.no_grad():
-        b.weight.uniform_(0.5, 1.5)
-        b.bias.normal_(0, 0.1)
-        b.running_mean.normal_(0, 0.1)
-        b.running_var.uniform_(0.5, 1.5)
-    return b
 
 
 class Bottleneck(nn.Module):
@@ -107,28 +97,6 @@ def export(net: nn.Module, size: int) -> onnx.ModelProto:
                           input_names=["input"], output_names=["logits"],
                           dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
     return onnx.load_from_string(f.getvalue())
-
-
-def session(model: onnx.ModelProto, threads: int, profile: str | None = None) -> ort.InferenceSession:
-    options = _session_options()  # blackbox's own options (ORT_ENABLE_ALL)
-    options.intra_op_num_threads = threads
-    if profile:
-        options.enable_profiling = True
-        options.profile_file_prefix = profile
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-
-
-def alternate(functions: dict, repeats: int) -> dict[str, list[float]]:
-    """Seconds per call of each function, calls interleaved so that load changes hit all alike."""
-    for fn in functions.values():
-        fn()
-    times = {name: [] for name in functions}
-    for _ in range(repeats):
-        for name, fn in functions.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return times
 
 
 def torch_saliency(net: nn.Module, x: torch.Tensor):

@@ -48,25 +48,10 @@ ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "real"
 MODEL = REAL / "models" / "mobilenetv2-12-int8.onnx"
 IMAGES = ("tabby_cat.jpg", "coyote.jpg")
-MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-STD = np.array([0.229, 0.224, 0.225], np.float32)
+from bench_methods import log, softmax, to_model  # noqa: E402  (scripts/ is on sys.path)
+
 CACHE = Path(tempfile.gettempdir()) / "blackbox-convergence"
 GOAL = 0.95
-
-
-def log(*args) -> None:
-    print(*args, file=sys.stderr, flush=True)
-
-
-def to_model(pictures: np.ndarray) -> np.ndarray:
-    """RGB 0..255 [N, H, W, 3] -> ImageNet-normalised NCHW float32."""
-    x = (np.asarray(pictures, np.float32) / np.float32(255.0) - MEAN) / STD
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-
-
-def softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def correlation(a: np.ndarray, b: np.ndarray) -> float:

@@ -14,12 +14,10 @@ BatchNorm statistics are non-trivial.
 
 from __future__ import annotations
 
-import io
-import warnings
 
-import onnx
+import numpy as np
 import torch
-from torch_models import bn
+from torch_models import bn, export_net
 
 nn = torch.nn
 F = torch.nn.functional
@@ -141,24 +139,6 @@ def make_net(name: str, seed: int = 0) -> tuple[nn.Module, int]:
     return net, size
 
 
-def export_net(net: nn.Module, x: torch.Tensor, exporter: str, *, dynamic_batch: bool = True) -> onnx.ModelProto:
-    """ONNX export of a logits-only net: input "input", output "logits". ``dynamic_batch``: the batch is
-    symbolic ("N"); else fixed at ``len(x)`` (what many published models ship, and what blackbox's
-    loader rewrites to a symbolic batch)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if exporter == "torchscript":
-            f = io.BytesIO()
-            axes = {"input": {0: "N"}, "logits": {0: "N"}} if dynamic_batch else None
-            torch.onnx.export(net, (x,), f, dynamo=False, opset_version=17, input_names=["input"],
-                              output_names=["logits"], dynamic_axes=axes)
-            return onnx.load_from_string(f.getvalue())
-        shapes = {"x": {0: torch.export.Dim("N", min=1, max=64)}} if dynamic_batch else None
-        prog = torch.onnx.export(net, (x,), dynamo=True, opset_version=18, input_names=["input"],
-                                 output_names=["logits"], verbose=False, dynamic_shapes=shapes)
-        return prog.model_proto
-
-
 _CACHE: dict = {}
 
 
@@ -172,3 +152,10 @@ def exported_arch(name: str, exporter: str, *, dynamic_batch: bool = True):
         model = export_net(net, x, exporter, dynamic_batch=dynamic_batch)
         _CACHE[key] = (net, x[:1].numpy().copy(), model)
     return _CACHE[key]
+
+
+def close(actual, expected, what: str) -> None:
+    """Equal to a float32 reference up to its own rounding: rtol 1e-4, atol 1e-5 of its largest value."""
+    scale = float(np.abs(expected).max())
+    assert scale > 0, f"{what}: the reference is all zero"
+    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5 * scale, err_msg=what)

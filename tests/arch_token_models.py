@@ -8,12 +8,10 @@ Swin), so tests can compute the reference CAM with autograd there.
 
 from __future__ import annotations
 
-import io
-import warnings
 
 import numpy as np
-import onnx
 import torch
+from torch_models import export_net as export
 
 nn = torch.nn
 F = torch.nn.functional
@@ -228,25 +226,6 @@ class TinyConvNeXt(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------ export
-def export(net: nn.Module, x: torch.Tensor, exporter: str, *, dynamic_batch: bool = True,
-           opset: int | None = None) -> onnx.ModelProto:
-    """ONNX of ``net`` (input "input", output "logits"): TorchScript (default opset 17; before 17 it
-    spells LayerNorm out in ReduceMean/Sub/Pow/Sqrt/Div) or dynamo (opset 18)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        net = net.eval()
-        if exporter == "torchscript":
-            f = io.BytesIO()
-            axes = {"input": {0: "N"}, "logits": {0: "N"}} if dynamic_batch else None
-            torch.onnx.export(net, (x,), f, dynamo=False, opset_version=opset or 17, input_names=["input"],
-                              output_names=["logits"], dynamic_axes=axes)
-            return onnx.load_from_string(f.getvalue())
-        shapes = {"x": {0: torch.export.Dim("N", min=1, max=64)}} if dynamic_batch else None
-        prog = torch.onnx.export(net, (x,), dynamo=True, opset_version=18, input_names=["input"],
-                                 output_names=["logits"], verbose=False, dynamic_shapes=shapes)
-        return prog.model_proto
-
-
 _CACHE: dict = {}
 
 

@@ -232,22 +232,31 @@ class LogitsOnly(nn.Module):
         return self.net(x)[0]
 
 
-def export_logits(net: nn.Module, x: torch.Tensor, exporter: str) -> onnx.ModelProto:
-    """Export ``LogitsOnly(net)`` (input "input", output "logits", dynamic batch) with one of the exporters.
-
-    The input is not called "x": blackbox's wrapper graphs name their own image input "x"."""
+def export_net(net: nn.Module, x: torch.Tensor, exporter: str, *, dynamic_batch: bool = True,
+               opset: int | None = None) -> onnx.ModelProto:
+    """ONNX of a logits-only ``net`` (input "input", output "logits"): TorchScript (opset 17 unless
+    ``opset``; before 17 it spells LayerNorm out in ReduceMean/Sub/Pow/Sqrt/Div) or dynamo (opset 18).
+    ``dynamic_batch``: the batch is symbolic ("N"); else fixed at ``len(x)`` (what many published models
+    ship, and what blackbox's loader rewrites to a symbolic batch). The input is not called "x":
+    blackbox's wrapper graphs name their own image input "x"."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        wrapped = LogitsOnly(net).eval()
+        net = net.eval()
         if exporter == "torchscript":
             f = io.BytesIO()
-            torch.onnx.export(wrapped, (x,), f, dynamo=False, opset_version=17, input_names=["input"],
-                              output_names=["logits"], dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
+            axes = {"input": {0: "N"}, "logits": {0: "N"}} if dynamic_batch else None
+            torch.onnx.export(net, (x,), f, dynamo=False, opset_version=opset or 17, input_names=["input"],
+                              output_names=["logits"], dynamic_axes=axes)
             return onnx.load_from_string(f.getvalue())
-        prog = torch.onnx.export(wrapped, (x,), dynamo=True, opset_version=18, input_names=["input"],
-                                 output_names=["logits"], verbose=False,
-                                 dynamic_shapes={"x": {0: torch.export.Dim("N", min=1, max=64)}})
+        shapes = {"x": {0: torch.export.Dim("N", min=1, max=64)}} if dynamic_batch else None
+        prog = torch.onnx.export(net, (x,), dynamo=True, opset_version=18, input_names=["input"],
+                                 output_names=["logits"], verbose=False, dynamic_shapes=shapes)
         return prog.model_proto
+
+
+def export_logits(net: nn.Module, x: torch.Tensor, exporter: str) -> onnx.ModelProto:
+    """Export ``LogitsOnly(net)`` (input "input", output "logits", dynamic batch) with one of the exporters."""
+    return export_net(LogitsOnly(net), x, exporter)
 
 
 _CACHE: dict = {}

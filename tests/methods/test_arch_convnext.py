@@ -15,7 +15,7 @@ import captum.attr as captum_attr  # test extra: missing means a broken install,
 import numpy as np
 import pytest
 import torch  # test extra: missing means a broken install, not a skip
-from arch_conv_models import EXPORTERS, exported_arch
+from arch_conv_models import close, EXPORTERS, exported_arch
 
 import blackbox
 
@@ -41,12 +41,6 @@ def captum_ig(net, x: np.ndarray, n_steps: int):
         out, delta = captum_attr.IntegratedGradients(net).attribute(
             torch.tensor(x), target=TARGET, n_steps=n_steps, return_convergence_delta=True)
     return out.detach().numpy()[0], float(delta[0])
-
-
-def close(actual, expected, what: str) -> None:
-    scale = float(np.abs(expected).max())
-    assert scale > 0, f"{what}: the reference is all zero"
-    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5 * scale, err_msg=what)
 
 
 @pytest.mark.parametrize("exporter,dynamic_batch", VARIANTS, ids=VARIANT_IDS)

@@ -13,7 +13,7 @@ import captum.attr as captum_attr  # test extra: missing means a broken install,
 import numpy as np
 import pytest
 import torch  # test extra: missing means a broken install, not a skip
-from arch_conv_models import exported_arch
+from arch_conv_models import close, exported_arch
 
 import blackbox
 
@@ -38,12 +38,6 @@ def autograd(net, x: np.ndarray, target: int = TARGET) -> np.ndarray:
     xt = torch.tensor(x, requires_grad=True)
     net(xt)[:, target].sum().backward()
     return xt.grad.numpy()
-
-
-def close(actual, expected, what: str) -> None:
-    scale = float(np.abs(expected).max())
-    assert scale > 0, f"{what}: the reference is all zero"
-    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5 * scale, err_msg=what)
 
 
 @pytest.mark.parametrize("exporter,dynamic_batch", VARIANTS, ids=VARIANT_IDS)
