@@ -53,37 +53,25 @@ _positive_int = _whole_number(1)
 _seed = _whole_number(0)  # NumPy seeds cannot be negative
 
 
-def _non_negative_float(text: str) -> float:
-    """argparse type: a finite number >= 0 (tolerances)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text} must be a finite number >= 0")
-    return value
+def number_type(accept, wording: str):
+    """argparse type: a finite float for which ``accept(value)`` holds; otherwise one line saying it
+    ``must be`` ``wording``. One maker for every numeric flag, so they all complain the same way."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value) or not accept(value):
+            raise argparse.ArgumentTypeError(f"{text} must be {wording}")
+        return value
+
+    return parse
 
 
-def _fraction(text: str) -> float:
-    """argparse type: a number from 0 to 1 (--alpha)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"{text} must be a number from 0 to 1")
-    return value
-
-
-def _percentile(text: str) -> float:
-    """argparse type: an outlier percentage, >= 0 and < 100 (--clip)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or not 0 <= value < 100:
-        raise argparse.ArgumentTypeError(f"{text} must be a percentage >= 0 and < 100")
-    return value
+_non_negative_float = number_type(lambda v: v >= 0, "a finite number >= 0")  # tolerances, weights
+_fraction = number_type(lambda v: 0 <= v <= 1, "a number from 0 to 1")  # --alpha
+_percentile = number_type(lambda v: 0 <= v < 100, "a percentage >= 0 and < 100")  # --clip
 
 
 _quiet = False  # --quiet of the command being run: no progress bars

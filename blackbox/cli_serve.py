@@ -27,19 +27,11 @@ def _port(text: str) -> int:
     return value
 
 
-def _megabytes(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value <= 4096:
-        raise argparse.ArgumentTypeError(f"{value} must be between 0 and 4096 MB")
-    return value
-
-
 def add_parsers(sub) -> None:
     """Add the ``serve`` sub-command to ``blackbox``'s sub-parsers."""
-    from .cli import _model_arguments, _positive_int
+    from .cli import _model_arguments, _positive_int, number_type
+
+    megabytes = number_type(lambda v: 0 < v <= 4096, "between 0 and 4096 MB")
 
     serve = sub.add_parser("serve", help="a live explorer in the browser: top classes, explanations by any method, "
                                          "layer activations, units",
@@ -53,7 +45,7 @@ def add_parsers(sub) -> None:
     serve.add_argument("--port", type=_port, default=8765, help="port to listen on (default 8765)")
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to bind (default 127.0.0.1: this computer only)")
-    serve.add_argument("--max-upload-mb", type=_megabytes, default=20.0,
+    serve.add_argument("--max-upload-mb", type=megabytes, default=20.0,
                        help="largest upload accepted, in MB (default 20; pixel limits: BLACKBOX_MAX_IMAGE_PIXELS)")
     serve.add_argument("--am-steps", type=_positive_int, default=64,
                        help="activation maximisation steps for a unit's picture (default 64, for a quick answer; "

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .cli import (_check_out, _load, _model_arguments, _non_negative_float, _positive_int, _print,
-                  _seed, _warn, _whole_number)
+                  _seed, _warn, _whole_number, number_type)
 from .errors import BlackboxError, ImageError, ParameterError, TargetError, UnsupportedOpError
 from .visualize.objectives import CLASS_SCORES
 
@@ -28,26 +28,9 @@ _OUT = "blackbox-visualize"
 
 # ------------------------------------------------------------------------------------- argument types
 
-def _positive_float(text: str) -> float:
-    """argparse type: a finite number > 0 (learning rates, perplexity, octave scales)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} must be a finite number > 0")
-    return value
-
-
-def _fraction(text: str) -> float:
-    """argparse type: a number in [0, 1) (quantiles and IoU thresholds; the library narrows further)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"{text} must be a number from 0 to below 1")
-    return value
+_positive_float = number_type(lambda v: v > 0, "a finite number > 0")  # learning rates, perplexity, octave scales
+# quantiles and IoU thresholds (the library narrows further)
+_fraction = number_type(lambda v: 0 <= v < 1, "a number from 0 to below 1")
 
 
 def _size(text: str) -> int | tuple[int, int]:

@@ -274,3 +274,15 @@ def module_output_grad(net: nn.Module, module: nn.Module, x: torch.Tensor, targe
 def tokens_to_maps(t: torch.Tensor, extra: int, grid: tuple[int, int]) -> torch.Tensor:
     """pytorch-grad-cam's ViT ``reshape_transform`` for one sample: [extra + h*w, C] -> [C, h, w]."""
     return t[extra:].reshape(grid[0], grid[1], t.shape[-1]).permute(2, 0, 1)
+
+
+def score_cam_weights(net: nn.Module, x: torch.Tensor, maps: torch.Tensor, target: int) -> np.ndarray:
+    """Score-CAM's channel weights (Wang et al.), computed in torch: each map [C, h, w] upsampled
+    bilinearly to the input, min-max normalised, multiplied into x; the softmax probability of ``target``."""
+    up = F.interpolate(maps[None], size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)[0]
+    weights = np.zeros(len(up))
+    with torch.no_grad():
+        for k, m in enumerate(up):
+            m = (m - m.min()) / (m.max() - m.min())
+            weights[k] = torch.softmax(net(x * m.float()).double(), 1)[0, target].item()
+    return weights

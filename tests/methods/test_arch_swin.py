@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from arch_token_models import (
+    score_cam_weights,
     TinyConvNeXt,
     TinySwin,
     loaded,
@@ -78,12 +79,7 @@ def test_score_cam_on_the_channel_last_map():
     net, x, _, model = built(TinySwin, "dynamo")
     target = 4
     maps = nhwc_maps(torch.from_numpy(module_output(net, net.cam_module, x)[0]).double())
-    up = F.interpolate(maps[None], size=(32, 32), mode="bilinear", align_corners=False)[0]
-    weights = np.zeros(len(up))
-    with torch.no_grad():
-        for k, m in enumerate(up):
-            m = (m - m.min()) / (m.max() - m.min())
-            weights[k] = torch.softmax(net(x * m.float()).double(), 1)[0, target].item()
+    weights = score_cam_weights(net, x, maps, target)
     e = blackbox.explain(model, x[0].numpy(), "score_cam", target=target)
     np.testing.assert_allclose(e.extras["channel_weights"], weights, rtol=1e-4, atol=1e-7)
     close(e.attributions, np.maximum(np.einsum("k,khw->hw", weights, maps.numpy()), 0.0))

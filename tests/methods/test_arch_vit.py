@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from arch_token_models import (
+    score_cam_weights,
     TinyViT,
     loaded,
     module_output,
@@ -68,12 +69,7 @@ def test_score_cam_reads_the_patch_tokens_as_maps():
     net, x, model = vit("torchscript")
     target = 3
     maps = tokens_to_maps(torch.from_numpy(module_output(net, net.cam_module, x)[0]).double(), 1, (4, 4))
-    up = F.interpolate(maps[None], size=(32, 32), mode="bilinear", align_corners=False)[0]
-    weights = np.zeros(len(up))
-    with torch.no_grad():
-        for k, m in enumerate(up):
-            m = (m - m.min()) / (m.max() - m.min())
-            weights[k] = torch.softmax(net(x * m.float()).double(), 1)[0, target].item()
+    weights = score_cam_weights(net, x, maps, target)
     expected = np.maximum(np.einsum("k,khw->hw", weights, maps.numpy()), 0.0)
     e = blackbox.explain(model, x[0].numpy(), "score_cam", target=target)
     assert e.extras["layout"] == "tokens" and e.n_evals == 17
