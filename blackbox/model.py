@@ -51,7 +51,7 @@ class Model:
         self.device = device
         self.options = options
         self._forward_runners: dict[str, runtime.Runner] = {}
-        self._perturb_runners: dict[tuple[str, str], runtime.Runner] = {}
+        self._perturb_runners: dict[tuple, runtime.Runner] = {}
         self._tap_runners: dict[tuple[str, ...], runtime.Runner] = {}
         self._float: tuple[onnx.ModelProto, tuple[str, ...]] | None = None
         self._layers: list[Layer] | None = None
@@ -161,16 +161,18 @@ class Model:
         prepared = prepare_batch(self, images)
         return self.scores(np.stack([p.x for p in prepared]), score=score)
 
-    def _perturb_runner(self, mode: str, score: str) -> runtime.Runner:
-        """The fused perturbation session for ``mode`` "grid", "segments" or "grid_many" (several images)."""
-        key = (mode, score)
+    def _perturb_runner(self, mode: str, score: str,
+                        per_mask: tuple[bool, bool] = (False, False)) -> runtime.Runner:
+        """The fused perturbation session for ``mode`` "grid", "segments" or "grid_many" (several images);
+        ``per_mask``: grid resampling matrices one per mask (rows, columns) or shared."""
+        key = (mode, score, per_mask)
         if key not in self._perturb_runners:
             if mode == "grid_many":
                 graph = perturbation_graph_many(self.graph, self.image, self.output, score=score,
-                                                constants=dict(self.constants))
+                                                constants=dict(self.constants), per_mask=per_mask)
             else:
                 graph = perturbation_graph(self.graph, self.image, self.output, mode=mode, score=score,
-                                           constants=dict(self.constants))
+                                           constants=dict(self.constants), per_mask=per_mask)
             self._perturb_runners[key] = runtime.Runner(runtime.make_session(graph, self.device), self.device,
                                                         self.batch_size(), SCORES)
         return self._perturb_runners[key]
@@ -195,17 +197,18 @@ class Model:
             # one channel of indices: Gather is a per-element copy, three times cheaper than per channel
             fixed[SEGMENTS] = np.asarray(segments, dtype=np.int64).reshape((1,) + np.shape(segments)[-2:])
             batched = {MASKS: masks}
-            mode = "segments"
+            mode, per_mask = "segments", (False, False)
         else:
             if ry is None or rx is None:
                 raise ValueError("grid masks need ry and rx")
             rxt = np.swapaxes(np.asarray(rx, dtype=np.float32), -1, -2)
             ry = np.asarray(ry, dtype=np.float32)
             batched = {MASKS: _mask_channels(masks, channels)}
-            (batched if ry.ndim == 4 else fixed)[RY] = ry
-            (batched if rxt.ndim == 4 else fixed)[RXT] = rxt
+            per_mask = (ry.ndim == 4, rxt.ndim == 4)
+            (batched if per_mask[0] else fixed)[RY] = ry
+            (batched if per_mask[1] else fixed)[RXT] = rxt
             mode = "grid"
-        out = self._perturb_runner(mode, score).run(fixed, batched, progress=progress)
+        out = self._perturb_runner(mode, score, per_mask).run(fixed, batched, progress=progress)
         return runtime.check_finite(out, "perturbed inputs")
 
     def score_masks_many(self, xs: np.ndarray, masks: np.ndarray, *, rows: np.ndarray, baselines: np.ndarray,
@@ -242,9 +245,10 @@ class Model:
         batched = {MASKS: _mask_channels(masks, self.image.channels), ROWS: rows}
         rxt = np.swapaxes(np.asarray(rx, dtype=np.float32), -1, -2)
         ry = np.asarray(ry, dtype=np.float32)
-        (batched if ry.ndim == 4 else fixed)[RY] = ry
-        (batched if rxt.ndim == 4 else fixed)[RXT] = rxt
-        out = self._perturb_runner("grid_many", score).run(fixed, batched, progress=progress)
+        per_mask = (ry.ndim == 4, rxt.ndim == 4)
+        (batched if per_mask[0] else fixed)[RY] = ry
+        (batched if per_mask[1] else fixed)[RXT] = rxt
+        out = self._perturb_runner("grid_many", score, per_mask).run(fixed, batched, progress=progress)
         out = runtime.check_finite(out, "perturbed inputs")
         columns = np.searchsorted(union, wanted)[rows]  # [N, T]: each row's own targets among the union
         return np.take_along_axis(out.reshape(len(rows), len(union)), columns, axis=1)

@@ -165,3 +165,28 @@ def test_a_model_whose_input_is_named_like_the_wrappers(tmp_path):
     exp = blackbox.explain(model, image, "occlusion", window=8, stride=4)
     grads = model.gradients.run(prepare(model, image).x, model.gradients.one_hot(0), score="raw")
     assert np.isfinite(exp.heatmap).all() and grads.grad.shape == (1, 3, 16, 16)
+
+
+@pytest.mark.parametrize("mode, per_mask", [("grid", (False, False)), ("grid", (True, True)),
+                                            ("segments", (False, False)), ("grid_many", (True, True))])
+def test_fused_graphs_name_nodes_once_and_keep_the_batch_symbol(shapes_model, mode, per_mask):
+    """Mask and scoring graphs fused: every node name unique (ONNX Runtime refuses duplicates), and the
+    model input's batch dimension is the masks' symbolic N, which lets ONNX Runtime fold a model's
+    Shape -> Reshape chains (an unnamed batch kept them: 4% of MobileNetV2-int8)."""
+    import onnx
+
+    from blackbox.graph.compose import perturbation_graph, perturbation_graph_many
+
+    m = shapes_model
+    if mode == "grid_many":
+        graph = perturbation_graph_many(m.graph, m.image, m.output, score="probability",
+                                        constants=dict(m.constants), per_mask=per_mask)
+    else:
+        graph = perturbation_graph(m.graph, m.image, m.output, mode=mode, score="probability",
+                                   constants=dict(m.constants), per_mask=per_mask)
+    names = [n.name for n in graph.graph.node if n.name]
+    assert len(names) == len(set(names))
+    inferred = onnx.shape_inference.infer_shapes(graph)
+    shapes = {v.name: v.type.tensor_type.shape for v in inferred.graph.value_info}
+    batch = shapes[m.image.name].dim[0]
+    assert batch.dim_param == "N", batch

@@ -41,11 +41,11 @@ def window_mask_graph(spec: ImageInput) -> onnx.ModelProto:
              helper.make_node("Mul", [HY, HX], [PREFIX + "window_hidden"]),
              helper.make_node("Mul", [PREFIX + "window_diff", PREFIX + "window_hidden"], [PREFIX + "window_change"]),
              helper.make_node("Add", [X_IN, PREFIX + "window_change"], [PREFIX + "window_blend"]),
-             # the static shape keeps ONNX Runtime on its fast int8 convolutions (see compose._blend)
+             # the static shape, batch copied, keeps ONNX Runtime on its fast int8 convolutions (compose._blend)
              helper.make_node("Reshape", [PREFIX + "window_blend", shape], [X])]
     graph = helper.make_graph(nodes, "blackbox_windows", inputs,
                               [helper.make_tensor_value_info(X, TensorProto.FLOAT, ["N", *image])],
-                              [const(shape, np.array([-1, *image], np.int64))])
+                              [const(shape, np.array([0, *image], np.int64))])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="blackbox")
     model.ir_version = OWN_IR_VERSION
     return model
