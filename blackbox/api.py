@@ -13,6 +13,7 @@ from .inputs import from_internal, prepare
 from .methods import METHODS, Context
 from .methods.base import MethodSpec, Result
 from .model import SCORE_SPACES, Model
+from .runtime import numpy_on_one_thread
 
 
 def resolve_target(model: Model, target: int | str | None, x: np.ndarray) -> int:
@@ -136,5 +137,6 @@ def explain(model: Model, x: Any, method: str = "occlusion", *, target: int | st
     index = resolve_target(model, target, sample.x)
     ctx = Context(model=model, sample=sample, target=index, score=score, seed=seed, progress=progress)
     start = time.perf_counter()
-    result = spec.function(ctx, **params)
+    with numpy_on_one_thread():
+        result = spec.function(ctx, **params)
     return build_explanation(spec, ctx, result, params, time.perf_counter() - start)

@@ -30,6 +30,7 @@ from .image_io import IMAGE_SUFFIXES
 from .inputs import Sample, prepare
 from .methods import Context, MethodSpec, Result
 from .model import Model
+from .runtime import numpy_on_one_thread
 
 __all__ = ["ERROR_MODES", "MAX_DEFAULT_BATCH", "explain_many"]
 
@@ -305,7 +306,8 @@ def _target_scores_single(item: _Item) -> None:
 
 def _run_many(spec: MethodSpec, live: list[_Item], params: dict[str, Any]) -> None:
     start = time.perf_counter()
-    results = spec.many([item.context for item in live], **params)
+    with numpy_on_one_thread():
+        results = spec.many([item.context for item in live], **params)
     if len(results) != len(live):
         raise RuntimeError(f"{spec.name}: the batched form returned {len(results)} results for {len(live)} images")
     share = (time.perf_counter() - start) / len(live)  # a batch's time, shared evenly
@@ -315,7 +317,8 @@ def _run_many(spec: MethodSpec, live: list[_Item], params: dict[str, Any]) -> No
 
 def _run_one(spec: MethodSpec, item: _Item, params: dict[str, Any]) -> None:
     start = time.perf_counter()
-    item.result = spec.function(item.context, **params)
+    with numpy_on_one_thread():
+        item.result = spec.function(item.context, **params)
     item.seconds = time.perf_counter() - start
 
 

@@ -5,6 +5,7 @@ Everything device-specific lives here so that methods only ever see NumPy arrays
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
@@ -93,6 +94,24 @@ def set_threads(threads: int | None) -> None:
     One thread with spinning off makes CPU time a stable measure on a busy machine (benchmarks)."""
     global _THREADS
     _THREADS = threads
+
+
+_BLAS = None  # threadpoolctl's controller of the BLAS libraries loaded when it was made
+
+
+@contextlib.contextmanager
+def numpy_on_one_thread():
+    """numpy's BLAS on one thread while a method runs. ONNX Runtime's intra-op threads already use every
+    core and spin for a while after each run, so a multi-threaded BLAS call between two session runs
+    (integrated gradients' weighted sums, RISE's mask sums, a surrogate fit) fights them for the cores:
+    integrated gradients on two cores took twice as long with OpenBLAS on two threads."""
+    global _BLAS
+    if _BLAS is None:  # finding the loaded BLAS libraries takes about a millisecond: once per process
+        from threadpoolctl import ThreadpoolController  # scikit-learn's own dependency
+
+        _BLAS = ThreadpoolController()
+    with _BLAS.limit(limits=1, user_api="blas"):
+        yield
 
 
 def _session_options() -> ort.SessionOptions:

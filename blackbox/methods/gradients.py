@@ -239,11 +239,16 @@ def integrated_gradients_many(contexts: Sequence[Context], *, n_steps: int = 50,
     diffs = [ctx.x - base for ctx, base in zip(contexts, bases)]
     totals = [np.zeros(ctx.x.shape, np.float64) for ctx in contexts]
 
+    weights32 = weights.astype(np.float32)
+
     def path(i: int) -> np.ndarray:
-        return (bases[i][None] + steps * diffs[i][None]).astype(np.float32)
+        points = np.multiply(steps, diffs[i][None], dtype=np.float32)
+        points += bases[i][None]  # base + a * (x - base), built in place: one path-sized array
+        return points
 
     def accumulate(i: int, start: int, grads: np.ndarray) -> None:
-        totals[i] += np.tensordot(weights[start:start + len(grads)], grads.astype(np.float64), axes=(0, 0))
+        # each call's weighted sum in float32, as Captum sums; the running total across calls in float64
+        totals[i] += np.tensordot(weights32[start:start + len(grads)], grads, axes=(0, 0))
 
     stream_gradients(contexts, [len(alphas)] * len(contexts), path, accumulate, desc="integrated gradients")
     model, score = contexts[0].model, contexts[0].score
