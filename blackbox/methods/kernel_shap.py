@@ -109,6 +109,9 @@ def sample_coalitions(n_features: int, n_samples: int, rng: np.random.Generator)
     return coalitions, np.asarray(weights, np.float64)
 
 
+_WELL_CONDITIONED = 1e10  # condition number of the normal equations below which they are solved directly
+
+
 def solve_shapley(coalitions: np.ndarray, weights: np.ndarray, values: np.ndarray, full: float,
                   null: float) -> np.ndarray:
     """Weighted least squares for phi with sum(phi) = full - null, the last feature eliminated."""
@@ -120,9 +123,12 @@ def solve_shapley(coalitions: np.ndarray, weights: np.ndarray, values: np.ndarra
     y = np.asarray(values, np.float64) - null - z[:, -1] * total
     design = z[:, :-1] - z[:, -1:]
     weighted = weights[:, None] * design
-    try:
-        w = np.linalg.solve(design.T @ weighted, weighted.T @ y)
-    except np.linalg.LinAlgError:
+    gram = design.T @ weighted
+    # a few samples may not pin every feature down (rank-deficient): LAPACK's solve then raises or, as
+    # rounding has it, returns values of 1e15; the least-squares minimum-norm solution is the estimate
+    if np.linalg.cond(gram) < _WELL_CONDITIONED:
+        w = np.linalg.solve(gram, weighted.T @ y)
+    else:
         root = np.sqrt(weights)
         w = np.linalg.lstsq(root[:, None] * design, root * y, rcond=None)[0]
     return np.append(w, total - w.sum())
