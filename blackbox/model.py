@@ -201,12 +201,8 @@ class Model:
         else:
             if ry is None or rx is None:
                 raise ValueError("grid masks need ry and rx")
-            rxt = np.swapaxes(np.asarray(rx, dtype=np.float32), -1, -2)
-            ry = np.asarray(ry, dtype=np.float32)
             batched = {MASKS: _mask_channels(masks, channels)}
-            per_mask = (ry.ndim == 4, rxt.ndim == 4)
-            (batched if per_mask[0] else fixed)[RY] = ry
-            (batched if per_mask[1] else fixed)[RXT] = rxt
+            per_mask = _bind_matrices(fixed, batched, ry, rx)
             mode = "grid"
         out = self._perturb_runner(mode, score, per_mask).run(fixed, batched, progress=progress)
         return runtime.check_finite(out, "perturbed inputs")
@@ -243,11 +239,7 @@ class Model:
         union = np.unique(wanted)
         fixed = {X_IN: xs, BASELINE: baselines, TARGETS: union}
         batched = {MASKS: _mask_channels(masks, self.image.channels), ROWS: rows}
-        rxt = np.swapaxes(np.asarray(rx, dtype=np.float32), -1, -2)
-        ry = np.asarray(ry, dtype=np.float32)
-        per_mask = (ry.ndim == 4, rxt.ndim == 4)
-        (batched if per_mask[0] else fixed)[RY] = ry
-        (batched if per_mask[1] else fixed)[RXT] = rxt
+        per_mask = _bind_matrices(fixed, batched, ry, rx)
         out = self._perturb_runner("grid_many", score, per_mask).run(fixed, batched, progress=progress)
         out = runtime.check_finite(out, "perturbed inputs")
         columns = np.searchsorted(union, wanted)[rows]  # [N, T]: each row's own targets among the union
@@ -409,6 +401,17 @@ def _stack(array: np.ndarray) -> np.ndarray:
     """Images [M, C, H, W] (one [C, H, W] reads as M = 1) as contiguous float32."""
     array = np.ascontiguousarray(array, dtype=np.float32)
     return array[None] if array.ndim == 3 else array
+
+
+def _bind_matrices(fixed: dict, batched: dict, ry: np.ndarray, rx: np.ndarray) -> tuple[bool, bool]:
+    """Put the grid resampling matrices with the fixed inputs (shared, rank 2) or the batched ones (one
+    per mask, rank 4); returns which, the perturbation graph's ``per_mask``."""
+    rxt = np.swapaxes(np.asarray(rx, dtype=np.float32), -1, -2)
+    ry = np.asarray(ry, dtype=np.float32)
+    per_mask = (ry.ndim == 4, rxt.ndim == 4)
+    (batched if per_mask[0] else fixed)[RY] = ry
+    (batched if per_mask[1] else fixed)[RXT] = rxt
+    return per_mask
 
 
 def _mask_channels(masks: np.ndarray, channels: int) -> np.ndarray:
