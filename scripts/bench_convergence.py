@@ -8,7 +8,9 @@ made from many more evaluations (``--reference``, default 16,000):
 * blackbox ``rise`` (Sobol masks), ``lime`` (quickshift), ``kernel_shap`` (slic 50), at fixed budgets and
   with ``budget="auto"`` (its own stopping rule: the row shows where it stopped and the correlation it
   reached), and ``occlusion`` (window 16, stride 16/8/4 against stride 2, the finest within the reference
-  budget; occlusion is deterministic, so its schedule is a stride schedule);
+  budget; occlusion is deterministic, so its schedule is a stride schedule); ``lime`` with
+  ``sampling="orthogonal"`` and ``kernel_shap`` with ``sampling="leverage"`` at fixed budgets, scored
+  against the default design's reference (they estimate the same map);
 * ``lime_image.LimeImageExplainer`` (quickshift; its reference is blackbox ``lime`` with the same seed,
   which draws exactly lime_image's samples: ``tests/methods/test_lime.py`` checks the maps agree);
 * ``shap.KernelExplainer`` on the same slic superpixels, mean colour, ``l1_reg=False`` (the notebook's
@@ -103,6 +105,7 @@ class Tool:
     peer: bool = True
     budgets: tuple[int, ...] | None = None  # its own schedule (occlusion: evaluations of each stride)
     handed: str | None = None  # the segmentation the script computes for it ("quickshift", "slic")
+    shares: str | None = None  # the tool whose reference map it is scored against (same quantity, other design)
 
 
 def timed(function):
@@ -131,7 +134,11 @@ def blackbox_tools(model) -> list[Tool]:
 
     return [Tool("rise", "blackbox rise", "sobol grid 7", method("rise", "n_masks", quasi_random=True), peer=False),
             Tool("lime", "blackbox lime", "quickshift", method("lime", "num_samples"), peer=False),
+            Tool("lime", "blackbox lime (orthogonal)", "quickshift",
+                 method("lime", "num_samples", sampling="orthogonal"), peer=False, shares="blackbox lime"),
             Tool("kernel_shap", "blackbox kernel_shap", "slic50 mean", method("kernel_shap", "n_samples"), peer=False),
+            Tool("kernel_shap", "blackbox kernel_shap (leverage)", "slic50 mean",
+                 method("kernel_shap", "n_samples", sampling="leverage"), peer=False, shares="blackbox kernel_shap"),
             Tool("occlusion", "blackbox occlusion", "w16 b0 logit", occlusion, peer=False,
                  budgets=tuple(OCCLUSION_STRIDES))]
 
@@ -281,7 +288,9 @@ def reference(tool: Tool, case: Case, evals: int, model_sha: str, compute: Calla
 
 
 def reference_map(tool: Tool, case: Case, evals: int, model_sha: str, blackbox_lime: Tool,
-                  peer_evals: int) -> np.ndarray:
+                  peer_evals: int, tools: dict[str, Tool]) -> np.ndarray:
+    if tool.shares:  # another design of the same estimate: the default design's reference
+        tool = tools[tool.shares]
     if tool.budgets:  # occlusion: the finest stride within the reference budget
         finest = max(b for b in tool.budgets if b <= evals)
         return reference(tool, case, finest, model_sha, lambda: tool.run(case, finest, 1)[0])
@@ -300,6 +309,8 @@ def walk(tool: Tool, case: Case, ref: np.ndarray, budgets: list[int], cap: int, 
     if tool.budgets:
         ref_evals = max(b for b in tool.budgets if b <= ref_evals)
     schedule = [b for b in schedule if b < ref_evals]
+    if schedule:  # untimed warm-up at the first budget: sessions, fused graphs, imports (every tool alike)
+        tool.run(case, schedule[0], 2)
     last = {}
     for budget in schedule:
         seconds, (heatmap, evals) = timed(lambda budget=budget: tool.run(case, budget, 0))
@@ -359,14 +370,15 @@ def main(argv: list[str] | None = None) -> int:
         for tool in tools:
             own = dict(item.rsplit("=", 1) for item in args.reference_for)
             peer_reference = int(own.get(tool.name, args.peer_reference or args.reference))
-            ref = reference_map(tool, case, args.reference, model_sha, ours[1], peer_reference)
+            named = {t.name: t for t in ours}
+            ref = reference_map(tool, case, args.reference, model_sha, named["blackbox lime"], peer_reference, named)
             if args.references_only:
                 continue
             cap = args.peer_max if tool.peer else max(args.budgets)
             # occlusion's reference is the finest stride within --reference for both tools
             ref_evals = args.reference if not tool.peer or tool.name == "lime_image" or tool.budgets else peer_reference
             rows.setdefault((tool.method, tool.name), []).append(walk(tool, case, ref, args.budgets, cap, ref_evals))
-            if not tool.peer and tool.method in autos:
+            if not tool.peer and tool.method in autos and tool.name == f"blackbox {tool.method}":
                 count, params = autos[tool.method]
                 heatmap, evals, seconds = auto_run(model, case, tool.method, count, args.reference, 0, **params)
                 r = correlation(heatmap, ref)

@@ -32,6 +32,7 @@ from .budget import (
 )
 
 FEATURE_SELECTIONS = ("auto", "none", "forward_selection", "highest_weights", "lasso_path")
+SAMPLINGS = ("lime", "orthogonal")
 
 
 def lime_random_state(seed: int | None) -> np.random.RandomState:
@@ -48,6 +49,60 @@ def lime_samples(random_state: np.random.RandomState, num_samples: int, n_featur
     data = random_state.randint(0, 2, num_samples * n_features).reshape((num_samples, n_features))
     data[0, :] = 1
     return data
+
+
+def hadamard_entries(rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """bool [len(rows), len(columns)]: where Sylvester's Hadamard matrix of any power-of-two order is +1.
+
+    Its entry (i, j) is (-1)^popcount(i & j), so only the rows and columns a block uses are computed
+    (memory is the design's own size, whatever the number of superpixels)."""
+    bits = np.bitwise_and(np.asarray(rows, np.int64)[:, None], np.asarray(columns, np.int64)[None, :])
+    for shift in (32, 16, 8, 4, 2, 1):
+        bits ^= bits >> shift
+    return (bits & 1) == 0
+
+
+class OrthogonalDesign:
+    """0/1 rows for LIME from fold-over blocks of a two-level orthogonal array (Box & Hunter 1961).
+
+    Why: a uniform random row is what lime draws, but independent rows leave the features' on/off
+    columns correlated by chance, and that chance correlation is much of a small sample's error in the
+    surrogate's coefficients. Each block takes M of the K - 1 non-constant columns of a Sylvester
+    Hadamard matrix (K the smallest power of two above M), flips each column's sign and shuffles the
+    rows at random, then follows every row with its complement: within a block every feature is on in
+    exactly half the rows, any two features are uncorrelated, and main effects are free of two-feature
+    interactions. With the random columns and signs every single row is still uniform on {0, 1}^M, so
+    the surrogate's limit is lime's.
+    """
+
+    def __init__(self, rng: np.random.Generator, n_features: int):
+        self.rng, self.m = rng, int(n_features)
+        self.order = 2
+        while self.order < self.m + 1:
+            self.order *= 2
+        self.rows = np.zeros(0, np.int64)  # the current block's Hadamard rows not handed out yet
+        self.columns = self.flips = None
+        self.pending = np.zeros((0, self.m), np.int64)  # a complement owed from the last request
+
+    def _next_block(self) -> None:
+        self.columns = self.rng.choice(np.arange(1, self.order), self.m, replace=False)
+        self.flips = self.rng.random(self.m) < 0.5
+        self.rows = self.rng.permutation(self.order)
+
+    def take(self, n: int) -> np.ndarray:
+        """int [n, M]: the next ``n`` rows of the stream of blocks, each row followed by its complement."""
+        parts, have = [self.pending], len(self.pending)
+        while have < n:
+            if not len(self.rows):
+                self._next_block()
+            count = min(len(self.rows), -(-(n - have) // 2))
+            on = hadamard_entries(self.rows[:count], self.columns) ^ self.flips
+            self.rows = self.rows[count:]
+            parts.append(np.stack([on, ~on], axis=1).reshape(2 * count, self.m).astype(np.int64))
+            have += 2 * count
+        rows = np.concatenate(parts)
+        self.pending = rows[n:]
+        return rows[:n]
 
 
 def kernel_weights(data: np.ndarray, kernel_width: float, distance_metric: str = "cosine") -> np.ndarray:
@@ -142,11 +197,13 @@ def hidden_picture(ctx: Context, hide_color, segments: np.ndarray) -> np.ndarray
           summary="superpixels on/off at random; weighted Ridge surrogate (lime_image semantics)",
           params={"num_samples": Param(min=2), "kernel_width": Param(min=0, open_min=True),
                   "num_features": Param(min=1), "feature_selection": Param(choices=FEATURE_SELECTIONS),
-                  "budget": Param(choices=BUDGETS), "tolerance": Param(min=0, max=1, open_min=True, open_max=True)},
+                  "budget": Param(choices=BUDGETS), "tolerance": Param(min=0, max=1, open_min=True, open_max=True),
+                  "sampling": Param(type=str, choices=SAMPLINGS, optional=True)},
           evaluations=lambda p: p["num_samples"])
 def lime(ctx: Context, *, num_samples: int = 1000, segmentation="quickshift", segmentation_params=None,
          hide_color=None, kernel_width: float = 0.25, num_features: int = 100000, feature_selection: str = "auto",
-         distance_metric: str = "cosine", budget: str = "fixed", tolerance: float = DEFAULT_TOLERANCE) -> Result:
+         distance_metric: str = "cosine", budget: str = "fixed", tolerance: float = DEFAULT_TOLERANCE,
+         sampling: str | None = None) -> Result:
     """Defaults are ``lime_image.explain_instance``'s. ``num_samples``: samples including the unperturbed
     first one (= model evaluations), default 1000. ``segmentation``: 'quickshift' (default, lime's
     kernel_size=4, max_dist=200, ratio=0.2), 'slic', 'felzenszwalb', 'grid', an int label array [H, W] at
@@ -159,10 +216,14 @@ def lime(ctx: Context, *, num_samples: int = 1000, segmentation="quickshift", se
     ``seed`` gives the samples ``LimeImageExplainer(random_state=seed)`` would draw.
     ``budget``: "fixed" (default) draws exactly ``num_samples``; "auto" draws in rounds and stops once
     the split-half reliability of the map reaches ``tolerance`` (default 0.95; see
-    :mod:`blackbox.methods.budget`), ``num_samples`` being the maximum. Auto samples come in antithetic
-    pairs (z, 1 - z), a fold-over design (Box & Hunter 1961) whose main-effect estimates are free of
-    two-feature interactions; each sample is still uniform, so the surrogate's limit is lime's. Its
-    samples are blackbox's own (not lime_image's stream)."""
+    :mod:`blackbox.methods.budget`), ``num_samples`` being the maximum; its samples are blackbox's own
+    (not lime_image's stream), each half drawing its own.
+    ``sampling``: how the perturbed samples are drawn. 'lime': lime_image's draws (fixed budget) or
+    antithetic pairs (z, 1 - z) (auto); 'orthogonal': fold-over blocks of an orthogonal array
+    (:class:`OrthogonalDesign`: every row still uniform, the features balanced and uncorrelated within
+    a block, main effects free of two-feature interactions), a map close to lime's limit from fewer
+    samples. Default None: 'lime' for a fixed budget (lime_image's exact samples), 'orthogonal' for
+    ``budget="auto"``."""
     auto = check_budget(budget, tolerance)
     if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 2:
         raise ParameterError(f"num_samples must be an integer of at least 2 (the original plus one perturbed "
@@ -183,11 +244,16 @@ def lime(ctx: Context, *, num_samples: int = 1000, segmentation="quickshift", se
     n_features = int(segments.max()) + 1
     hidden = hidden_picture(ctx, hide_color, segments)
     fit_options = {"num_features": int(num_features), "feature_selection": feature_selection}
+    sampling = sampling or ("orthogonal" if auto else "lime")
     if auto:
         data, labels, report = _lime_auto(ctx, segments, hidden, n_features, int(num_samples), kernel_width,
-                                          distance_metric, fit_options, float(tolerance))
+                                          distance_metric, fit_options, float(tolerance), sampling)
     else:
-        data = lime_samples(lime_random_state(ctx.seed), int(num_samples), n_features)
+        if sampling == "orthogonal":
+            data = np.concatenate([np.ones((1, n_features), np.int64),
+                                   OrthogonalDesign(ctx.rng(), n_features).take(int(num_samples) - 1)])
+        else:
+            data = lime_samples(lime_random_state(ctx.seed), int(num_samples), n_features)
         with ctx.bar(len(data), "lime") as bar:
             labels = ctx.model.score_masks(ctx.x, data.astype(np.float32), baseline=hidden, targets=[ctx.target],
                                            score=ctx.score, segments=segments, progress=bar.update)[:, 0]
@@ -218,13 +284,22 @@ def paired_samples(rng: np.random.Generator, pairs: int, n_features: int) -> np.
 
 
 def lime_auto_samples(score: Callable[[np.ndarray], np.ndarray], n_features: int, rng: np.random.Generator,
-                      fit: Callable[[np.ndarray, np.ndarray], np.ndarray], rule: StoppingRule
-                      ) -> tuple[np.ndarray, np.ndarray, Convergence]:
+                      fit: Callable[[np.ndarray, np.ndarray], np.ndarray], rule: StoppingRule,
+                      sampling: str = "lime") -> tuple[np.ndarray, np.ndarray, Convergence]:
     """The rounds of ``budget="auto"``: all samples (row 0 keeps every superpixel), their scores, and what
     the rounds did. ``score(rows [n, M] 0/1) -> [n]``; ``fit(rows, scores) -> map`` is one half's map.
-    Each half draws whole antithetic pairs from its own stream and is fitted with row 0."""
+    Each half draws whole antithetic pairs ('lime') or the rows of its own orthogonal blocks
+    ('orthogonal') from its own stream and is fitted with row 0."""
     first = np.ones((1, n_features), np.int64)
     streams = rng.spawn(2)
+    if sampling == "orthogonal":
+        designs = [OrthogonalDesign(stream, n_features) for stream in streams]
+
+        def draw(h: int, pairs: int) -> np.ndarray:
+            return designs[h].take(2 * pairs)
+    else:
+        def draw(h: int, pairs: int) -> np.ndarray:
+            return paired_samples(streams[h], pairs, n_features)
     data: list[list[np.ndarray]] = [[], []]
     labels: list[list[np.ndarray]] = [[], []]
     counts = [0, 0]
@@ -233,7 +308,7 @@ def lime_auto_samples(score: Callable[[np.ndarray], np.ndarray], n_features: int
     def add(k: int) -> int:
         pairs = min(-(-(counts[0] + counts[1] + k) // 2), (rule.maximum - 1) // 2)  # whole pairs, within the maximum
         takes = [2 * (-(-pairs // 2)) - counts[0], 2 * (pairs // 2) - counts[1]]
-        drawn = [paired_samples(streams[h], takes[h] // 2, n_features) for h in range(2)]
+        drawn = [draw(h, takes[h] // 2) for h in range(2)]
         rows = np.concatenate(drawn)
         values = np.asarray(score(rows), np.float64)
         offset = 0
@@ -254,8 +329,8 @@ def lime_auto_samples(score: Callable[[np.ndarray], np.ndarray], n_features: int
 
 
 def _lime_auto(ctx: Context, segments: np.ndarray, hidden: np.ndarray, n_features: int, num_samples: int,
-               kernel_width: float, distance_metric: str, fit_options: dict,
-               tolerance: float) -> tuple[np.ndarray, np.ndarray, Convergence]:
+               kernel_width: float, distance_metric: str, fit_options: dict, tolerance: float,
+               sampling: str) -> tuple[np.ndarray, np.ndarray, Convergence]:
     batch = ctx.model.batch_size()
     rule = StoppingRule(tolerance=tolerance, first=min(num_samples - 1, max(128, 4 * n_features, 2 * batch)),
                         maximum=num_samples, step=4 * -(-batch // 4) if num_samples > 8 * batch else 4)
@@ -269,4 +344,4 @@ def _lime_auto(ctx: Context, segments: np.ndarray, hidden: np.ndarray, n_feature
             return ctx.model.score_masks(ctx.x, rows.astype(np.float32), baseline=hidden, targets=[ctx.target],
                                          score=ctx.score, segments=segments, progress=bar.update)[:, 0]
 
-        return lime_auto_samples(score, n_features, ctx.rng(), fit, rule)
+        return lime_auto_samples(score, n_features, ctx.rng(), fit, rule, sampling)

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 from detectors import SIZE, concept_image, detector_model
+from games import brute_force_shapley
 
 import blackbox
 from blackbox.errors import ParameterError
@@ -52,19 +53,6 @@ def test_prophecy_reaches_the_tolerance():
     k = prophecy(1000, 0.9, 0.95) / 1000
     assert k * 0.9 / (1 + (k - 1) * 0.9) >= 0.95  # a little past the tolerance
     assert prophecy(100, 0.949, 0.95) == 125  # never less than 1.25x
-
-
-def brute_force_shapley(value_fn, m: int) -> np.ndarray:
-    """The Shapley formula over all 2^M coalitions."""
-    coalitions = np.array(list(itertools.product([0, 1], repeat=m)), np.float64)
-    values = dict(zip(map(tuple, coalitions.astype(int)), np.asarray(value_fn(coalitions), np.float64)))
-    phi = np.zeros(m)
-    for key, value in values.items():
-        for i in (i for i in range(m) if key[i]):
-            size = sum(key)
-            weight = math.factorial(size - 1) * math.factorial(m - size) / math.factorial(m)
-            phi[i] += weight * (value - values[key[:i] + (0,) + key[i + 1:]])
-    return phi
 
 
 def _noisy_game(noise: float, m: int = 16):

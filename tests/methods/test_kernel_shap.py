@@ -3,37 +3,19 @@ efficiency always, and it finds the object and the shortcut."""
 
 from __future__ import annotations
 
-import itertools
-import math
-
 import numpy as np
 import pytest
+import shap as shap  # test extra: missing means a broken install, not a skip
+from games import brute_force_shapley
 from helpers import shapes_evidence, watermark_hits
 
 import blackbox
 from blackbox.baselines import make_baseline
+from blackbox.datasets.shapes import make_shapes
 from blackbox.errors import ParameterError
 from blackbox.inputs import prepare
 from blackbox.methods.kernel_shap import explanation_to_shap, kernel_shap_values, sample_coalitions
 from blackbox.segmentation import grid_segments
-from blackbox.datasets.shapes import make_shapes
-
-import shap as shap  # test extra: missing means a broken install, not a skip
-
-
-def brute_force_shapley(value_fn, m: int) -> np.ndarray:
-    """The Shapley formula over all 2^M coalitions (one batched call to value_fn)."""
-    coalitions = np.array(list(itertools.product([0, 1], repeat=m)), np.float32)
-    values = dict(zip(map(tuple, coalitions.astype(int)), np.asarray(value_fn(coalitions), np.float64)))
-    phi = np.zeros(m)
-    for key, value in values.items():
-        size = sum(key)
-        for i in range(m):
-            if key[i]:
-                without = key[:i] + (0,) + key[i + 1:]
-                weight = math.factorial(size - 1) * math.factorial(m - size) / math.factorial(m)
-                phi[i] += weight * (value - values[without])
-    return phi
 
 
 def table_game(m: int, seed: int):
