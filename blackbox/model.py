@@ -163,7 +163,8 @@ class Model:
 
     def _perturb_runner(self, mode: str, score: str,
                         per_mask: tuple[bool, bool] = (False, False)) -> runtime.Runner:
-        """The fused perturbation session for ``mode`` "grid", "segments" or "grid_many" (several images);
+        """The fused perturbation session for ``mode`` "grid", "segments", "segments_binary" (0/1 masks) or
+        "grid_many" (several images);
         ``per_mask``: grid resampling matrices one per mask (rows, columns) or shared."""
         key = (mode, score, per_mask)
         if key not in self._perturb_runners:
@@ -197,7 +198,9 @@ class Model:
             # one channel of indices: Gather is a per-element copy, three times cheaper than per channel
             fixed[SEGMENTS] = np.asarray(segments, dtype=np.int64).reshape((1,) + np.shape(segments)[-2:])
             batched = {MASKS: masks}
-            mode, per_mask = "segments", (False, False)
+            # on/off switches (LIME, KernelSHAP) select pixels rather than blend them: a cheaper graph
+            binary = bool(np.all((masks == 0) | (masks == 1)))
+            mode, per_mask = ("segments_binary" if binary else "segments"), (False, False)
         else:
             if ry is None or rx is None:
                 raise ValueError("grid masks need ry and rx")

@@ -5,7 +5,9 @@ picture (the model-resolution RGB picture of ``--image``) for the same class wit
 model evaluations, on CPU, through the same ONNX Runtime build:
 
 * the bare model: pre-built inputs, batch sizes 1, 8, 16, 32, 64 (time per sample; the best is the floor
-  every method is compared with: "ratio" = time per evaluation / bare time per sample);
+  every method is compared with: "ratio" = time per evaluation / bare time per sample); and, because a
+  shared machine's speed drifts by 10-20% between runs, a paired ratio too: in every round each blackbox
+  method right after the bare model at the engine's batch, the median over rounds of the two's ratio;
 * blackbox ``rise``, ``lime``, ``kernel_shap`` (whole ``explain`` call: segmentation, fitting included);
 * ``lime_image.LimeImageExplainer`` with a classifier_fn on the same ORT model at the best batch size;
 * ``shap`` Partition explainer with ``shap.maskers.Image("blur(128,128)")`` and ``shap.KernelExplainer``
@@ -101,14 +103,16 @@ def timed(function) -> tuple[float, object]:
     return time.perf_counter() - start, result
 
 
-def run_blackbox(model, picture, target, budget) -> list[tuple[str, float, int]]:
+def run_blackbox(model, picture, target, budget, paired) -> list[tuple[str, float, int, float]]:
+    """(name, seconds, evaluations, the bare model's seconds per sample measured right before it)."""
     import blackbox
 
     rows = []
     for method, params in (("rise", {"n_masks": budget}), ("lime", {"num_samples": budget}),
                            ("kernel_shap", {"n_samples": budget - 2})):
+        next_to = paired()
         seconds, exp = timed(lambda: blackbox.explain(model, picture, method, target=target, **params))
-        rows.append((f"blackbox {method}", seconds, exp.n_evals))
+        rows.append((f"blackbox {method}", seconds, exp.n_evals, next_to))
     return rows
 
 
@@ -345,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # rounds interleave every tool with the bare model; each keeps its fastest round
     best: dict[str, tuple[float, int]] = {}
+    paired: dict[str, list[float]] = {}  # per round: a method's time per evaluation / the bare model's just before
     bare: dict[int, float] = {}
     notes: list[str] = []
 
@@ -358,7 +363,11 @@ def main(argv: list[str] | None = None) -> int:
         for batch, per in bare_model(session, x, batches, budget).items():
             bare[batch] = min(per, bare.get(batch, np.inf))
         log("  blackbox ...")
-        keep(run_blackbox(model, picture, target, budget))
+        rows = run_blackbox(model, picture, target, budget, paired=lambda: bare_model(session, x, [best_batch],
+                                                                                        budget)[best_batch])
+        keep([(name, seconds, n) for name, seconds, n, _ in rows])
+        for name, seconds, n, next_to in rows:
+            paired.setdefault(name, []).append(seconds / max(n, 1) / next_to)
         if "peers" not in args.skip:
             for runner in (run_lime_image, run_shap_partition, run_shap_kernel):
                 log(f"  {runner.__name__} ...")
@@ -386,6 +395,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, (seconds, n) in best.items():
         per = seconds / max(n, 1)
         print(f"{name:<34} {seconds:8.2f} {n:6d} {per * 1e3:8.2f} {per / floor:7.2f}")
+    print("paired (each round: the method / the bare model at batch %d measured just before it; median [min-max] "
+          "over %d rounds): " % (best_batch, rounds) + "; ".join(
+              f"{name} {np.median(r):.3f} [{min(r):.3f}-{max(r):.3f}]" for name, r in paired.items()))
     pairs = {"blackbox rise": ["DIANNA RISE"], "blackbox lime": ["lime_image", "DIANNA LIME"],
              "blackbox kernel_shap": ["shap KernelExplainer slic(50)", "shap Partition blur(128,128)",
                                       "DIANNA KernelSHAP (see note)"]}

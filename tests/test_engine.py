@@ -190,3 +190,59 @@ def test_fused_graphs_name_nodes_once_and_keep_the_batch_symbol(shapes_model, mo
     shapes = {v.name: v.type.tensor_type.shape for v in inferred.graph.value_info}
     batch = shapes[m.image.name].dim[0]
     assert batch.dim_param == "N", batch
+
+
+def test_binary_segment_masks_select_past_the_input_quantizer(tmp_path):
+    """0/1 segment masks (LIME, KernelSHAP) select pixels: Where(keep, q(x), q(baseline)) after the int8
+    model's input QuantizeLinear, which then runs on the image and the baseline once per call, not on every
+    sample. Scores equal the model's on the selected pictures; soft masks keep the blend."""
+    from detectors import concept_image, detector_model, quantized
+
+    from blackbox.graph.compose import X_IN, perturbation_graph
+    from blackbox.segmentation import grid_segments
+
+    model = blackbox.load(save(quantized(detector_model(), tmp_path), tmp_path / "q.onnx"), device="cpu")
+    image, _ = concept_image("red", box=(8, 20, 8, 20))
+    sample = prepare(model, image)
+    x, base = sample.x, make_baseline(model, sample, "blur")
+    segments = grid_segments(32, 32, 4)
+    masks = np.random.default_rng(0).integers(0, 2, (37, 16)).astype(np.float32)
+    fast = model.score_masks(x, masks, baseline=base, targets=[0, 1], segments=segments)
+    pictures = np.where(masks[:, segments][:, None] > 0, x[None], base[None]).astype(np.float32)
+    assert np.allclose(fast, model.scores(pictures)[:, [0, 1]], rtol=0, atol=1e-6)
+    assert ("segments_binary", "probability", (False, False)) in model._perturb_runners
+
+    graph = perturbation_graph(model.graph, model.image, model.output, mode="segments_binary",
+                               score="probability", constants=dict(model.constants)).graph
+    mask_nodes = [n for n in graph.node if n.name.startswith("blackbox/mask/")]
+    assert [n.op_type for n in mask_nodes].count("QuantizeLinear") == 2  # image and baseline, [1, C, H, W]
+    assert {"Where"} <= {n.op_type for n in mask_nodes} and not {"Mul", "Add"} & {n.op_type for n in mask_nodes}
+    assert not [n for n in graph.node if n.op_type == "QuantizeLinear" and not n.name.startswith("blackbox/mask/")
+                and n.input[0] == model.image.name]  # the model's own input quantizer is gone
+    assert X_IN in [i.name for i in graph.input]
+
+    soft = masks.copy()
+    soft[0] = 0.5
+    blended = model.score_masks(x, soft, baseline=base, targets=[0, 1], segments=segments)
+    assert ("segments", "probability", (False, False)) in model._perturb_runners
+    assert np.allclose(blended[1:], fast[1:], atol=1e-5)
+
+
+def test_binary_segment_masks_on_an_opset_without_where():
+    """Where needs opset 9: an opset-7 model (the real SqueezeNet-fp16) keeps the blend, same scores."""
+    from conftest import real
+
+    from blackbox.graph.compose import perturbation_graph
+    from blackbox.segmentation import grid_segments
+
+    model = blackbox.load(real("models", "squeezenet1.0-fp16.onnx"), preprocess="imagenet", device="cpu")
+    graph = perturbation_graph(model.graph, model.image, model.output, mode="segments_binary",
+                               score="probability", constants=dict(model.constants))
+    assert "Where" not in {n.op_type for n in graph.graph.node}
+    x = prepare(model, real("images", "coyote.jpg")).x
+    segments = grid_segments(x.shape[1], x.shape[2], 4)
+    masks = np.random.default_rng(2).integers(0, 2, (6, 16)).astype(np.float32)
+    base = np.zeros_like(x)
+    pictures = np.where(masks[:, segments][:, None] > 0, x[None], base[None]).astype(np.float32)
+    assert np.allclose(model.score_masks(x, masks, baseline=base, targets=[272], segments=segments),
+                       model.scores(pictures)[:, [272]], atol=1e-6)

@@ -277,9 +277,87 @@ def perturbation_graph(model: onnx.ModelProto, spec: ImageInput, out: ScoreOutpu
                        constants: dict[str, np.ndarray] | None = None,
                        per_mask: tuple[bool, bool] = (False, False)) -> onnx.ModelProto:
     """The mask graph and the scoring graph fused into one: masks in, target scores out. Every op the
-    mask part uses (MatMul, Sub, Mul, Add, Gather, Reshape) exists in every opset the models use."""
-    return _fuse(mask_graph(spec, mode=mode, per_mask=per_mask),
-                 scoring_graph(model, spec, out, score=score, constants=constants))
+    mask part uses (MatMul, Sub, Mul, Add, Gather, Reshape, Where) exists in every opset the models use.
+    ``mode`` "segments_binary": segment masks that are all 0 or 1 (:func:`selection_graph`)."""
+    scoring = scoring_graph(model, spec, out, score=score, constants=constants)
+    if mode == "segments_binary":
+        if _opset(scoring) >= 9:  # Where
+            return selection_graph(spec, scoring)
+        mode = "segments"
+    return _fuse(mask_graph(spec, mode=mode, per_mask=per_mask), scoring)
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+
+
+_PER_ELEMENT = ("Identity", "Cast", "QuantizeLinear")  # ops that map each input element on its own
+
+
+def _per_element_chain(graph: onnx.GraphProto, start: str) -> list[onnx.NodeProto]:
+    """The nodes from ``start`` on that act on each element alone (Identity, Cast, QuantizeLinear with
+    constant scales), while each tensor has that one consumer: how the model's input reaches its first
+    real layer (an int8 model quantizes it, an fp16 model casts it)."""
+    constant = initializer_names(graph) | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    users: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            users.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+    chain, current = [], start
+    while current not in outputs and len(users.get(current, [])) == 1:
+        node = users[current][0]
+        if node.op_type not in _PER_ELEMENT or list(node.input).count(current) != 1 or node.input[0] != current:
+            break
+        if any(name and name not in constant for name in node.input[1:]):
+            break
+        chain.append(node)
+        current = node.output[0]
+    return chain
+
+
+def selection_graph(spec: ImageInput, scoring: onnx.ModelProto) -> onnx.ModelProto:
+    """Segment masks of 0s and 1s fused with ``scoring``: each pixel *is* the image's or the baseline's,
+    so the blend is a selection, ``Where(keep, x, baseline)``, and it commutes with whatever acts on each
+    element before the model's first layer. That chain (an int8 model's QuantizeLinear, an fp16 model's
+    Cast) runs once on the image and once on the baseline instead of once per sample, and the selection
+    runs on its output: one pass over uint8 data per sample instead of a float multiply, an add and a
+    quantization (MobileNetV2-int8: about 4% of the model's time). Scores equal the blend's for such
+    masks, up to the last bit of ``baseline + (x - baseline) * 1``, which is not always x.
+    """
+    g = scoring.graph
+    chain = _per_element_chain(g, X)
+    b = _Builder(scope="mask/")
+    inputs = [_image_value(X_IN, spec, batch=1), _image_value(BASELINE, spec, batch=1),
+              helper.make_tensor_value_info(MASKS, TensorProto.FLOAT, ["N", "M"]),
+              helper.make_tensor_value_info(SEGMENTS, TensorProto.INT64, ["Cs", spec.height, spec.width])]
+    on = b.op("Cast", [MASKS], "on", to=TensorProto.BOOL)
+    by_segment = b.op("Transpose", [on], "on_by_segment", perm=[1, 0])  # see mask_graph: gather rows of N
+    gathered = b.op("Gather", [by_segment, SEGMENTS], "keep_last", axis=0)
+    keep = b.op("Transpose", [gathered], "keep", perm=[3, 0, 1, 2])
+    ends = []
+    for source, tag in ((X_IN, "image"), (BASELINE, "baseline")):
+        current = source
+        for node in chain:
+            copy = onnx.NodeProto()
+            copy.CopyFrom(node)
+            copy.input[0] = current
+            copy.output[0] = current = b.name(f"{tag}_{node.op_type.lower()}")
+            copy.name = b.name(node.op_type)
+            b.nodes.append(copy)
+        ends.append(current)
+    chosen = b.op("Where", [keep, ends[0], ends[1]], "chosen")
+    # the static image shape, batch copied from the masks (see _blend)
+    shape = b.constant("image_shape", np.array([0, spec.channels, spec.height, spec.width], dtype=np.int64))
+    b.op("Reshape", [chosen, shape], "selected", output=chain[-1].output[0] if chain else X)
+    gone = {id(node) for node in chain}
+    dropped = {node.output[0] for node in chain[:-1]}
+    graph = helper.make_graph(b.nodes + [n for n in g.node if id(n) not in gone], "blackbox_perturbation",
+                              inputs + [i for i in g.input if i.name != X], list(g.output),
+                              b.inits + list(g.initializer))
+    graph.value_info.extend(v for v in g.value_info if v.name not in dropped)
+    graph.sparse_initializer.extend(g.sparse_initializer)
+    return finish_model(scoring, graph)
 
 
 def perturbation_graph_many(model: onnx.ModelProto, spec: ImageInput, out: ScoreOutput, *, score: str,
