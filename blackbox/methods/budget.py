@@ -10,8 +10,13 @@ unlimited evaluations is ``sqrt(rho)``: a tolerance of 0.95 expects about 0.975.
 
 Rounds are sized by the Spearman-Brown prophecy: n samples of reliability rho become k n of reliability
 ``k rho / (1 + (k - 1) rho)``, so the next total is the n that reaches the tolerance (a little more,
-never less than 1.25x nor more than 4x the current one), rounded up to whole engine batches. The user's
-count (``n_masks``, ``num_samples``, ``n_samples``) is the maximum.
+never less than 1.25x nor more than 2x the current one), rounded up to whole engine batches. The user's
+count (``n_masks``, ``num_samples``, ``n_samples``) is the maximum. Why at most 2x: a regression's
+(LIME, KernelSHAP) reliability from a few samples per feature is biased low, so a long leap from it
+overshoots; rounds cost a surrogate fit each, next to nothing. With a 4x cap LIME on tabby_cat.jpg took
+609 evaluations to reliability 0.987 (160 had 0.849); with 2x, 321 to 0.981 (MobileNetV2-int8, and
+over lime and kernel_shap on two photos 5772 evaluations instead of 7248, every map still r >= 0.96
+with a 16,000-evaluation one).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import numpy as np
 
 BUDGETS = ("fixed", "auto")
 DEFAULT_TOLERANCE = 0.95
-_GROWTH = (1.25, 4.0)  # bounds of one round's growth of the total
+_GROWTH = (1.25, 2.0)  # bounds of one round's growth of the total
 _MARGIN = 1.1  # aim a little past the prophecy: the estimate of rho is itself noisy
 
 

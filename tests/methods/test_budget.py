@@ -48,10 +48,12 @@ def test_split_half_reliability_is_spearman_brown():
 
 
 def test_prophecy_reaches_the_tolerance():
-    # rho = 0.5 at n: the Spearman-Brown prophecy needs k = 0.95 * 0.5 / (0.5 * 0.05) = 19x; one round grows 4x
-    assert prophecy(100, 0.5, 0.95) == 400
-    k = prophecy(1000, 0.9, 0.95) / 1000
-    assert k * 0.9 / (1 + (k - 1) * 0.9) >= 0.95  # a little past the tolerance
+    # rho = 0.5 at n: the Spearman-Brown prophecy needs k = 0.95 * 0.5 / (0.5 * 0.05) = 19x; one round at most
+    # doubles (a small sample's reliability is biased low, so a long leap overshoots: see budget.py)
+    assert prophecy(100, 0.5, 0.95) == 200
+    k = prophecy(1000, 0.92, 0.95) / 1000  # within one round's reach (1.65x needed)
+    assert 0.95 <= k * 0.92 / (1 + (k - 1) * 0.92) < 0.96  # a little past the tolerance
+    assert prophecy(1000, 0.9, 0.95) == 2000  # 2.3x wanted (with the margin): one round doubles
     assert prophecy(100, 0.949, 0.95) == 125  # never less than 1.25x
 
 
