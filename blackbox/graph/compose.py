@@ -322,8 +322,9 @@ def selection_graph(spec: ImageInput, scoring: onnx.ModelProto) -> onnx.ModelPro
     element before the model's first layer. That chain (an int8 model's QuantizeLinear, an fp16 model's
     Cast) runs once on the image and once on the baseline instead of once per sample, and the selection
     runs on its output: one pass over uint8 data per sample instead of a float multiply, an add and a
-    quantization (MobileNetV2-int8: about 4% of the model's time). Scores equal the blend's for such
-    masks, up to the last bit of ``baseline + (x - baseline) * 1``, which is not always x.
+    quantization (MobileNetV2-int8, ONNX Runtime's profiler: the mask part 0.19 -> 0.07 ms per sample
+    beside the model's 2.2-2.5 ms). Scores equal the blend's for such masks, up to the last bit of
+    ``baseline + (x - baseline) * 1``, which is not always x.
     """
     g = scoring.graph
     chain = _per_element_chain(g, X)
