@@ -34,6 +34,8 @@ def session(model):
     so = ort.SessionOptions()
     so.intra_op_num_threads = 2
     so.log_severity_level = 3
+    # the int8 model's own integer arithmetic, also on x86 CPUs without VNNI (blackbox.runtime sets it too)
+    so.add_session_config_entry("session.x64quantprecision", "1")
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
