@@ -59,7 +59,8 @@ def _geometry(window, stride, shape: tuple[int, int, int], layout: str) -> tuple
 
 
 def _memory(params: dict, shape: tuple[int, int, int], layout: str) -> int:
-    """Bytes of the window masks (float32, and a float64 copy in the aggregation)."""
+    """Bytes of the window vectors (``hy``/``hx`` float32, one pair per window) and of one chunk of dense
+    cell-grid masks (the several-image path, float32 and a float64 working copy)."""
     win, step = _geometry(params["window"], params["stride"], shape, layout)
     if any(w < 1 or w > size or s < 1 for w, s, size in zip(win, step, shape)):
         return 0  # the method itself says what is wrong
@@ -67,7 +68,11 @@ def _memory(params: dict, shape: tuple[int, int, int], layout: str) -> int:
     count = math.prod(positions(size, w, s) for size, w, s in zip(shape, win, step))
     grid = math.prod(math.ceil(size / c) for size, c in zip(shape[1:], cells[1:]))
     mask_channels = 1 if cells[0] == shape[0] else shape[0]
-    return count * mask_channels * grid * 12
+    vectors = count * (mask_channels * shape[1] + shape[2]) * 4
+    return vectors + min(count, 4 * _CHUNK) * mask_channels * grid * 12
+
+
+_CHUNK = 256  # rows of dense masks at a time, about the engine's chunk (methods.batching)
 
 
 def _in_layout(values: tuple[int, int, int], layout: str) -> list[int]:
@@ -115,12 +120,12 @@ def occlusion(ctx: Context, *, window=None, stride=None, baseline="mean", increm
     The attributions are the same either way, to float tolerance."""
     plan = plan_windows(ctx.shape, ctx.model.layout, window, stride)
     base = make_baseline(ctx.model, ctx.sample, baseline)
-    if incremental_runner.wanted(incremental, ctx.model, len(plan.masks)):
+    if incremental_runner.wanted(incremental, ctx.model, plan.count):
         found = _incremental_scores(ctx, plan, base, forced=incremental is True)
         if found is not None:
             return window_result(plan, found[0], found[1], ctx.shape, ctx.model.layout, incremental=True)
     hy, hx = window_vectors(plan)
-    with ctx.bar(len(plan.masks) + 1, "occlusion") as bar:
+    with ctx.bar(plan.count + 1, "occlusion") as bar:
         # nothing hidden: the unoccluded score from the same graph
         full = incremental_runner.window_scores(ctx.model, ctx.x, base, np.zeros_like(hy[:1]),
                                                 np.zeros_like(hx[:1]), targets=[ctx.target], score=ctx.score)[0, 0]
@@ -133,12 +138,16 @@ def occlusion(ctx: Context, *, window=None, stride=None, baseline="mean", increm
 def window_vectors(plan: WindowPlan) -> tuple[np.ndarray, np.ndarray]:
     """Each window as the outer product of its hidden rows (times its channels) and columns: ``hy``
     [K, Cm, H, 1] and ``hx`` [K, 1, 1, W], 0/1 float32 (see :mod:`blackbox.graph.window_masks`)."""
-    rows = ((plan.masks.max(axis=(1, 3)) @ plan.ry.T) > 0).astype(np.float32)  # [K, H]
-    cols = ((plan.masks.max(axis=(1, 2)) @ plan.rx.T) > 0).astype(np.float32)  # [K, W]
-    hy = rows[:, None, :, None]
-    if plan.masks.shape[1] > 1:  # windows that cut channels
-        hy = hy * (plan.masks.max(axis=(2, 3)) > 0).astype(np.float32)[:, :, None, None]
-    return np.ascontiguousarray(hy), np.ascontiguousarray(cols[:, None, None, :])
+    ac, ah, aw = plan.axes
+    rows = ((ah @ plan.ry.T) > 0).astype(np.float32)  # [ph, H]
+    cols = ((aw @ plan.rx.T) > 0).astype(np.float32)  # [pw, W]
+    k = np.arange(plan.count)
+    a, rest = np.divmod(k, ah.shape[0] * aw.shape[0])
+    b, d = np.divmod(rest, aw.shape[0])
+    hy = rows[b][:, None, :, None]
+    if ac.shape[1] > 1:  # windows that cut channels
+        hy = hy * (ac[a] > 0).astype(np.float32)[:, :, None, None]
+    return np.ascontiguousarray(hy), np.ascontiguousarray(cols[d][:, None, None, :])
 
 
 def window_boxes(hy: np.ndarray, hx: np.ndarray) -> np.ndarray:
@@ -157,7 +166,7 @@ def _incremental_scores(ctx: Context, plan: WindowPlan, base: np.ndarray, forced
     x = np.asarray(ctx.x, np.float32)
     diff = np.asarray(base, np.float32).reshape(x.shape) - x
     hy, hx = window_vectors(plan)
-    with ctx.bar(len(plan.masks) + 1, "occlusion") as bar:
+    with ctx.bar(plan.count + 1, "occlusion") as bar:
         key = ("occlusion", plan.window, plan.stride, ctx.shape)
         ready = incremental_runner.prepare(model, x, window_boxes(hy, hx), ctx.score, key, strict=forced)
         if ready is None:
@@ -183,18 +192,35 @@ def _incremental_scores(ctx: Context, plan: WindowPlan, base: np.ndarray, forced
 
 @dataclass(frozen=True)
 class WindowPlan:
-    """The windows of one geometry, shared by every image of that shape: ``masks`` [K, Cm, h, w] (1 =
-    hidden) on the cell grid, ``ry`` [H, h] / ``rx`` [W, w] the block matrices that spread cells to pixels."""
+    """The windows of one geometry, shared by every image of that shape. A window is an outer product of
+    one position per axis, so it is kept as its factors: ``axes`` (channels [pc, Cm], rows [ph, h],
+    columns [pw, w]) say which cells each position covers (1 = hidden; Cm is 1 when every window hides
+    all channels), window k being position ``divmod`` of k in (pc, ph, pw) order. ``ry`` [H, h] /
+    ``rx`` [W, w] are the block matrices that spread cells to pixels. Why factors: a stride that shares
+    no divisor with the window makes the cells single pixels, and the dense masks [K, Cm, h, w] of
+    window 16 / stride 3 at 224 x 224 would be 1 GB (2 GB more as float64 for the average)."""
 
     window: tuple[int, ...]
     stride: tuple[int, ...]
-    masks: np.ndarray
+    axes: tuple[np.ndarray, np.ndarray, np.ndarray]
     ry: np.ndarray
     rx: np.ndarray
 
+    @property
+    def count(self) -> int:
+        return int(np.prod([a.shape[0] for a in self.axes]))
+
+    def masks(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Dense cell-grid masks [n, Cm, h, w] of windows ``start`` .. ``stop`` (a chunk's worth)."""
+        ac, ah, aw = self.axes
+        k = np.arange(start, self.count if stop is None else stop)
+        a, rest = np.divmod(k, ah.shape[0] * aw.shape[0])
+        b, d = np.divmod(rest, aw.shape[0])
+        return ac[a][:, :, None, None] * ah[b][:, None, :, None] * aw[d][:, None, None, :]
+
 
 def plan_windows(shape: tuple[int, int, int], layout: str, window, stride) -> WindowPlan:
-    """Check window and stride against the input and lay the windows out as cell-grid masks."""
+    """Check window and stride against the input and lay the windows out as per-axis cell coverage."""
     channels, height, width = shape
     win, step = _geometry(window, stride, shape, layout)
     for axis, (w, s, size) in enumerate(zip(win, step, (channels, height, width))):
@@ -206,31 +232,30 @@ def plan_windows(shape: tuple[int, int, int], layout: str, window, stride) -> Wi
         if s > w and w != size:
             raise ParameterError(f"stride {label} {s} is larger than the window {label} {w}: pixels would be skipped")
     cells = [math.gcd(w, s) if w != size else w for w, s, size in zip(win, step, shape)]
-    per_axis = [window_cells(size, w, s, c) for size, w, s, c in zip((channels, height, width), win, step, cells)]
-    pc, ph, pw = (a.shape[0] for a in per_axis)
-    # window masks in cell space: [K, Cc, h, w]
-    windows = np.einsum("ac,bh,dw->abdchw", *per_axis).reshape(pc * ph * pw, *(a.shape[1] for a in per_axis))
+    ac, ah, aw = (window_cells(size, w, s, c) for size, w, s, c in zip((channels, height, width), win, step, cells))
     # one mask channel hides all channels at once; several are spread to the channels they cover
-    masks = windows if windows.shape[1] == 1 else windows[:, np.arange(channels) // cells[0]]
-    ry = block_matrix(windows.shape[2], height, cells[1])
-    rx = block_matrix(windows.shape[3], width, cells[2])
-    return WindowPlan(win, step, masks, ry, rx)
+    if ac.shape[1] > 1:
+        ac = ac[:, np.arange(channels) // cells[0]]
+    ry = block_matrix(ah.shape[1], height, cells[1])
+    rx = block_matrix(aw.shape[1], width, cells[2])
+    return WindowPlan(win, step, (ac, ah, aw), ry, rx)
 
 
 def window_result(plan: WindowPlan, full: float, occluded: np.ndarray, shape: tuple[int, int, int],
                   layout: str, incremental: bool = False) -> Result:
     """Attributions from the unoccluded score and one score per window: the mean drop over the windows
     covering each pixel, computed on the cell grid. ``extras["incremental"]`` says which path scored."""
-    masks, ry, rx = plan.masks, plan.ry, plan.rx
+    ac, ah, aw = (a.astype(np.float64) for a in plan.axes)
     channels, height, width = shape
-    diffs = (full - occluded).astype(np.float64)
-    total = np.einsum("k,kchw->chw", diffs, masks.astype(np.float64))
-    count = masks.sum(axis=0, dtype=np.float64)
+    diffs = (full - np.asarray(occluded, np.float64)).reshape(ac.shape[0], ah.shape[0], aw.shape[0])
+    total = np.einsum("abd,ac,bh,dw->chw", diffs, ac, ah, aw, optimize=True)
+    count = np.einsum("c,h,w->chw", ac.sum(axis=0), ah.sum(axis=0), aw.sum(axis=0))
     cell_attr = total / np.maximum(count, 1.0)
+    ry, rx = plan.ry, plan.rx
     attributions = (ry @ cell_attr @ rx.T).astype(np.float32)
     if attributions.shape[0] != channels:
         attributions = np.broadcast_to(attributions, (channels, height, width)).copy()
-    return Result(attributions=attributions, heatmap=attributions.sum(axis=0), n_evals=len(masks) + 1,
+    return Result(attributions=attributions, heatmap=attributions.sum(axis=0), n_evals=plan.count + 1,
                   extras={"window": _in_layout(plan.window, layout), "stride": _in_layout(plan.stride, layout),
                           "incremental": incremental})
 
@@ -252,7 +277,7 @@ def _occlusion_group(contexts: list[Context], window, stride, baseline, incremen
     plan = plan_windows(first.shape, layout, window, stride)
     baselines = [make_baseline(ctx.model, ctx.sample, baseline) for ctx in contexts]
     done: list[Result] = []
-    if incremental_runner.wanted(incremental, first.model, len(plan.masks)):
+    if incremental_runner.wanted(incremental, first.model, plan.count):
         for ctx, base in zip(contexts, baselines):  # one model and geometry: the choice is the same for all
             found = _incremental_scores(ctx, plan, base, forced=incremental is True)
             if found is None:
@@ -267,11 +292,18 @@ def _full_group(contexts: list[Context], baselines: list[np.ndarray], plan: Wind
     first = contexts[0]
     layout = first.model.layout
     # row 0 of every image: nothing hidden (keep = 1 exactly, as the one-image form's ones mask)
-    keep = np.concatenate([np.ones((1,) + plan.masks.shape[1:], np.float32), 1.0 - plan.masks])
-    scores = [np.empty(len(keep), np.float32) for _ in contexts]
-    with first.bar(len(keep) * len(contexts), "occlusion") as bar:
-        for spans in row_chunks([len(keep)] * len(contexts), chunk_rows(first.model.batch_size())):
-            masks = np.concatenate([keep[start:stop] for _, start, stop in spans])
+    rows = plan.count + 1
+
+    def keep(start: int, stop: int) -> np.ndarray:  # row 0: nothing hidden; row k: window k - 1 hidden
+        out = 1.0 - plan.masks(max(start - 1, 0), stop - 1)
+        if start == 0:
+            out = np.concatenate([np.ones((1,) + out.shape[1:], np.float32), out])
+        return out.astype(np.float32, copy=False)
+
+    scores = [np.empty(rows, np.float32) for _ in contexts]
+    with first.bar(rows * len(contexts), "occlusion") as bar:
+        for spans in row_chunks([rows] * len(contexts), chunk_rows(first.model.batch_size())):
+            masks = np.concatenate([keep(start, stop) for _, start, stop in spans])
             out = score_spans(contexts, baselines, spans, masks, ry=plan.ry, rx=plan.rx, progress=bar.update)
             for image, start, stop, where in span_slices(spans):
                 scores[image][start:stop] = out[where]
