@@ -7,10 +7,15 @@ made from many more evaluations (``--reference``, default 16,000):
 
 * blackbox ``rise`` (Sobol masks), ``lime`` (quickshift), ``kernel_shap`` (slic 50), at fixed budgets and
   with ``budget="auto"`` (its own stopping rule: the row shows where it stopped and the correlation it
-  reached), and ``occlusion`` (window 16, stride 16/8/4 against stride 2, the finest within the reference
+  reached), and ``occlusion`` (window 16, stride 16/8/4/3 against stride 2, the finest within the reference
   budget; occlusion is deterministic, so its schedule is a stride schedule); ``lime`` with
   ``sampling="orthogonal"`` and ``kernel_shap`` with ``sampling="leverage"`` at fixed budgets, scored
   against the default design's reference (they estimate the same map);
+* blackbox ``rise`` with plain random masks (scored against the Sobol reference: the same estimate), and
+  DIANNA's RISE (``dianna.explain_image(method="RISE")``, grid 7, p_keep 0.5, on the same model through an
+  ONNX Runtime session in a Python that has dianna: ``--dianna-python`` or ``$DIANNA_PYTHON``, set up as
+  ``bench_methods.py`` says). RISE is a mean over masks, so DIANNA's reference is the mean of runs of 4000
+  masks (its masks are materialised at full resolution: 16,000 in one run would need about 19 GB);
 * ``lime_image.LimeImageExplainer`` (quickshift; its reference is blackbox ``lime`` with the same seed,
   which draws exactly lime_image's samples: ``tests/methods/test_lime.py`` checks the maps agree);
 * ``shap.KernelExplainer`` on the same slic superpixels, mean colour, ``l1_reg=False`` (the notebook's
@@ -106,6 +111,7 @@ class Tool:
     budgets: tuple[int, ...] | None = None  # its own schedule (occlusion: evaluations of each stride)
     handed: str | None = None  # the segmentation the script computes for it ("quickshift", "slic")
     shares: str | None = None  # the tool whose reference map it is scored against (same quantity, other design)
+    chunk: int | None = None  # a mean estimator: its reference is the mean of runs of this many evaluations
 
 
 def timed(function):
@@ -133,6 +139,8 @@ def blackbox_tools(model) -> list[Tool]:
         return exp.model_heatmap, exp.n_evals
 
     return [Tool("rise", "blackbox rise", "sobol grid 7", method("rise", "n_masks", quasi_random=True), peer=False),
+            Tool("rise", "blackbox rise (random)", "random grid 7", method("rise", "n_masks"), peer=False,
+                 shares="blackbox rise"),
             Tool("lime", "blackbox lime", "quickshift", method("lime", "num_samples"), peer=False),
             Tool("lime", "blackbox lime (orthogonal)", "quickshift",
                  method("lime", "num_samples", sampling="orthogonal"), peer=False, shares="blackbox lime"),
@@ -147,7 +155,7 @@ def occlusion_evals(stride: int, size: int = 224, window: int = 16) -> int:
     return (-(-(size - window) // stride) + 1) ** 2
 
 
-OCCLUSION_STRIDES = {occlusion_evals(s): s for s in (16, 8, 4, 2)}  # evaluations -> stride
+OCCLUSION_STRIDES = {occlusion_evals(s): s for s in (16, 8, 4, 3, 2)}  # evaluations -> stride
 
 
 def auto_run(model, case: Case, name: str, count: str, maximum: int, seed: int, **params):
@@ -172,6 +180,77 @@ def peer_tools(scorer: Scorer) -> list[Tool]:
                  lambda c, b, s: captum_run(scorer, c, b, s, "KernelShap"), handed="slic"),
             Tool("occlusion", "captum Occlusion", "w16 b0 logit",
                  lambda c, b, s: captum_occlusion_run(scorer, c, b), budgets=tuple(OCCLUSION_STRIDES))]
+
+
+DIANNA_WORKER = r"""
+import json, sys, warnings
+import numpy as np
+warnings.filterwarnings("ignore")
+import dianna
+import onnxruntime as ort
+
+model, batch = sys.argv[1], int(sys.argv[2])
+options = ort.SessionOptions()
+options.add_session_config_entry("session.x64quantprecision", "1")  # as blackbox.runtime: exact int8
+session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+name = session.get_inputs()[0].name
+
+
+def probabilities(x):  # the bench's own scorer: the same ORT session options, softmax of the logits
+    z = session.run(None, {name: np.ascontiguousarray(x, np.float32)})[0]
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+nchw = lambda b: np.ascontiguousarray(np.asarray(b, np.float32).transpose(0, 3, 1, 2))
+for line in sys.stdin:
+    job = json.loads(line)
+    np.random.seed(job["seed"])  # DIANNA draws its masks with numpy's global generator
+    heat = dianna.explain_image(probabilities, np.load(job["x"]), method="RISE", labels=[job["target"]],
+                                n_masks=job["budget"], feature_res=job["grid"], p_keep=0.5,
+                                preprocess_function=nchw, batch_size=batch, axis_labels={2: "channels"})[0]
+    np.save(job["out"], np.asarray(heat, np.float64))
+    print("DONE", flush=True)
+"""
+
+
+class DiannaRise:
+    """DIANNA's RISE in its own Python (it pins a second onnxruntime, so it is not a project dependency): one
+    long-lived worker process holding an ONNX Runtime session of the same model, fed one job per run."""
+
+    GRID = 7  # blackbox rise's grid (DIANNA's default feature_res is 8)
+
+    def __init__(self, python: str, batch: int):
+        import subprocess
+
+        self.folder = tempfile.mkdtemp(prefix="dianna-")
+        self.process = subprocess.Popen([python, "-c", DIANNA_WORKER, str(MODEL), str(batch)], text=True,
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+
+    def run(self, case: Case, budget: int, seed: int):
+        x, out = os.path.join(self.folder, "x.npy"), os.path.join(self.folder, "map.npy")
+        np.save(x, np.ascontiguousarray(case.x.transpose(1, 2, 0)))  # HWC: DIANNA masks channels-last data
+        self.process.stdin.write(json.dumps({"x": x, "out": out, "target": case.target, "budget": budget,
+                                             "seed": seed, "grid": self.GRID}) + "\n")
+        self.process.stdin.flush()
+        if self.process.stdout.readline().strip() != "DONE":
+            raise RuntimeError(f"the DIANNA worker stopped (exit {self.process.poll()})")
+        return np.load(out), budget
+
+
+def dianna_tools(python: str | None, batch: int) -> list[Tool]:
+    """DIANNA RISE when a Python that imports dianna is given; else none (with a line saying why)."""
+    import subprocess
+
+    if not python:
+        log("no DIANNA RISE: give a Python with dianna (--dianna-python or $DIANNA_PYTHON; see bench_methods.py)")
+        return []
+    check = subprocess.run([python, "-c", "import dianna"], capture_output=True, text=True)
+    if check.returncode != 0:
+        log(f"no DIANNA RISE: {python} cannot import dianna")
+        return []
+    worker = DiannaRise(python, batch)
+    return [Tool("rise", "DIANNA RISE", f"random grid {DiannaRise.GRID} p0.5", worker.run, chunk=4000)]
 
 
 def lime_image_run(scorer: Scorer, case: Case, budget: int, seed: int):
@@ -294,6 +373,10 @@ def reference_map(tool: Tool, case: Case, evals: int, model_sha: str, blackbox_l
     if tool.budgets:  # occlusion: the finest stride within the reference budget
         finest = max(b for b in tool.budgets if b <= evals)
         return reference(tool, case, finest, model_sha, lambda: tool.run(case, finest, 1)[0])
+    if tool.chunk and evals > tool.chunk:  # the mean of independent runs is the estimate of all their masks
+        runs = -(-evals // tool.chunk)
+        return reference(tool, case, runs * tool.chunk, model_sha, lambda: np.mean(
+            [tool.run(case, tool.chunk, 1000 + i)[0] for i in range(runs)], axis=0))
     if tool.name == "lime_image":  # blackbox lime with seed s draws lime_image(random_state=s)'s samples
         return reference(blackbox_lime, case, evals, model_sha, lambda: blackbox_lime.run(case, evals, 1)[0])
     if tool.peer:
@@ -337,6 +420,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--references-only", action="store_true",
                         help="compute the missing reference maps into the cache and stop (untimed: no lock needed)")
     parser.add_argument("--only", nargs="*", default=[], help="method families to run (rise lime kernel_shap occlusion)")
+    parser.add_argument("--dianna-python", default=os.environ.get("DIANNA_PYTHON"),
+                        help="a Python that imports dianna, for the DIANNA RISE peer (default $DIANNA_PYTHON)")
     args = parser.parse_args(argv)
     import onnxruntime as ort
 
@@ -344,7 +429,9 @@ def main(argv: list[str] | None = None) -> int:
     from blackbox.inputs import prepare
     from blackbox.segmentation import segment
 
-    session = ort.InferenceSession(str(MODEL), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()  # the peers' session: blackbox's int8 precision (see blackbox.runtime)
+    options.add_session_config_entry("session.x64quantprecision", "1")
+    session = ort.InferenceSession(str(MODEL), options, providers=["CPUExecutionProvider"])
     scorer = Scorer(session, args.batch)
     model = blackbox.load(MODEL, preprocess="imagenet", device="cpu", batch_size=args.batch)
     model_sha = hashlib.sha256(MODEL.read_bytes()).hexdigest()[:16]
@@ -352,6 +439,8 @@ def main(argv: list[str] | None = None) -> int:
     tools = ours + peer_tools(scorer)
     if args.only:
         tools = [t for t in tools if t.method in args.only]
+    if not args.only or "rise" in args.only:
+        tools += dianna_tools(args.dianna_python, args.batch)
     autos = {"rise": ("n_masks", {"quasi_random": True}), "lime": ("num_samples", {}),
              "kernel_shap": ("n_samples", {})}
     rows: dict[tuple[str, str], list[dict]] = {}
@@ -369,7 +458,9 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{image}: class {target} ({model.label(target)})")
         for tool in tools:
             own = dict(item.rsplit("=", 1) for item in args.reference_for)
-            peer_reference = int(own.get(tool.name, args.peer_reference or args.reference))
+            # a mean estimator's reference is built from bounded runs, so it affords the full --reference
+            peer_reference = int(own.get(tool.name, args.reference if tool.chunk else
+                                         args.peer_reference or args.reference))
             named = {t.name: t for t in ours}
             ref = reference_map(tool, case, args.reference, model_sha, named["blackbox lime"], peer_reference, named)
             if args.references_only:

@@ -332,7 +332,9 @@ def main(argv: list[str] | None = None) -> int:
     budget = args.budget or (128 if args.quick else 1000)
     rounds = args.rounds or (1 if args.quick else 2)
     batches = [1, 8, 16, 32, 64]
-    session = ort.InferenceSession(str(MODEL), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()  # the bare model and the peers: blackbox's int8 precision (blackbox.runtime)
+    options.add_session_config_entry("session.x64quantprecision", "1")
+    session = ort.InferenceSession(str(MODEL), options, providers=["CPUExecutionProvider"])
     probe = blackbox.load(MODEL, preprocess="imagenet", device="cpu")
     sample = prepare(probe, args.image)
     picture = probe.preprocess.display(sample.x)  # what every tool explains: the 224x224 RGB picture
