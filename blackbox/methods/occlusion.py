@@ -25,7 +25,7 @@ from ..baselines import make_baseline
 from ..errors import ParameterError
 from ..masks import block_matrix
 from .base import Context, Param, Result, batched, register
-from .batching import chunk_rows, in_groups, row_chunks, score_spans, span_slices
+from .batching import _CHUNK_ROWS, chunk_rows, in_groups, row_chunks, score_spans, span_slices
 
 
 def _triple(value, name: str, channels: int, default_hw: tuple[int, int], layout: str = "NCHW") -> tuple[int, int, int]:
@@ -69,10 +69,7 @@ def _memory(params: dict, shape: tuple[int, int, int], layout: str) -> int:
     grid = math.prod(math.ceil(size / c) for size, c in zip(shape[1:], cells[1:]))
     mask_channels = 1 if cells[0] == shape[0] else shape[0]
     vectors = count * (mask_channels * shape[1] + shape[2]) * 4
-    return vectors + min(count, 4 * _CHUNK) * mask_channels * grid * 12
-
-
-_CHUNK = 256  # rows of dense masks at a time, about the engine's chunk (methods.batching)
+    return vectors + min(count, 4 * _CHUNK_ROWS) * mask_channels * grid * 12
 
 
 def _in_layout(values: tuple[int, int, int], layout: str) -> list[int]:
@@ -141,9 +138,7 @@ def window_vectors(plan: WindowPlan) -> tuple[np.ndarray, np.ndarray]:
     ac, ah, aw = plan.axes
     rows = ((ah @ plan.ry.T) > 0).astype(np.float32)  # [ph, H]
     cols = ((aw @ plan.rx.T) > 0).astype(np.float32)  # [pw, W]
-    k = np.arange(plan.count)
-    a, rest = np.divmod(k, ah.shape[0] * aw.shape[0])
-    b, d = np.divmod(rest, aw.shape[0])
+    a, b, d = plan.positions()
     hy = rows[b][:, None, :, None]
     if ac.shape[1] > 1:  # windows that cut channels
         hy = hy * (ac[a] > 0).astype(np.float32)[:, :, None, None]
@@ -213,10 +208,15 @@ class WindowPlan:
     def masks(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Dense cell-grid masks [n, Cm, h, w] of windows ``start`` .. ``stop`` (a chunk's worth)."""
         ac, ah, aw = self.axes
-        k = np.arange(start, self.count if stop is None else stop)
-        a, rest = np.divmod(k, ah.shape[0] * aw.shape[0])
-        b, d = np.divmod(rest, aw.shape[0])
+        a, b, d = self.positions(start, stop)
         return ac[a][:, :, None, None] * ah[b][:, None, :, None] * aw[d][:, None, None, :]
+
+    def positions(self, start: int = 0, stop: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(channel, row, column) position indices of windows ``start`` .. ``stop``."""
+        k = np.arange(start, self.count if stop is None else stop)
+        a, rest = np.divmod(k, self.axes[1].shape[0] * self.axes[2].shape[0])
+        b, d = np.divmod(rest, self.axes[2].shape[0])
+        return a, b, d
 
 
 def plan_windows(shape: tuple[int, int, int], layout: str, window, stride) -> WindowPlan:
